@@ -1,0 +1,223 @@
+"""The ``lamina`` command: train, eval, generate, info.
+
+    lamina train [PRESET|FILE.yaml] [key=value ...] [--resume RUN]
+    lamina eval RUN [--split valid] [--tgt-len N] [--mem-len N] [--no-carry]
+    lamina generate RUN [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
+    lamina info [RUN|PRESET] [key=value ...]
+
+Errors a user can fix print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import os
+import sys
+from pathlib import Path
+
+from lamina.errors import LaminaError
+
+
+def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
+    """``[preset] key=value ...`` -> (preset, overrides)."""
+    preset, overrides = None, []
+    for item in items:
+        if "=" in item:
+            overrides.append(item)
+        elif preset is None:
+            preset = item
+        else:
+            raise LaminaError(f"unexpected argument {item!r}: give one preset, then key=value overrides")
+    return preset, overrides
+
+
+def _prompt_bytes(args) -> bytes:
+    if args.prompt_file:
+        try:
+            return Path(args.prompt_file).read_bytes()
+        except OSError as err:
+            raise LaminaError(f"cannot read --prompt-file {args.prompt_file}: {err.strerror}") from None
+    # argv arrives decoded with surrogateescape: fsencode gives back the exact bytes, valid UTF-8 or not
+    return os.fsencode(args.prompt)
+
+
+class _Streamer:
+    """Writes generated tokens to stdout as they come, decoding UTF-8 across token boundaries."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.words = tokenizer.name == "words"
+
+    def __call__(self, token: int) -> None:
+        piece = self.tokenizer.decode([token])
+        if self.words and piece != b"\n":
+            piece += b" "
+        sys.stdout.write(self.decoder.decode(piece))
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        sys.stdout.write(self.decoder.decode(b"", final=True) + "\n")
+        sys.stdout.flush()
+
+
+def _sample_text(model, tokenizer, prompt: bytes, context: int, args) -> None:
+    import torch
+
+    from lamina.eval import generate
+
+    ids = tokenizer.encode(prompt)
+    if len(ids) == 0:
+        ids = torch.tensor([tokenizer.eos_id])
+    streamer = _Streamer(tokenizer)
+    sys.stdout.write(prompt.decode("utf-8", errors="replace"))
+    generate(
+        model, ids, max_new_tokens=args.max_new_tokens, context=context, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed, on_token=streamer,
+    )
+    streamer.close()
+
+
+def cmd_train(args) -> int:
+    from lamina.config import apply_override, from_dict, load_config, Config
+    from lamina.eval import format_metric
+    from lamina.train import load_checkpoint, train
+
+    preset, overrides = _split_args(args.items)
+    if args.resume:
+        if preset:
+            raise LaminaError("--resume continues a saved run with its own config; give overrides only")
+        data = load_checkpoint(args.resume).config.to_dict()
+        for assignment in overrides:
+            apply_override(data, assignment)
+        cfg = from_dict(Config, data)
+    else:
+        cfg = load_config(preset or "default", overrides)
+    if args.data_dir:
+        cfg.data.data_dir = args.data_dir
+    result = train(cfg, resume=args.resume)
+    print(f"final validation: {format_metric(result.unit, result.valid_nats)} "
+          f"(loss {result.valid_nats:.4f} nats/token) after {result.step} steps; run saved in {result.run_dir}")
+    if cfg.train.sample_tokens and not result.interrupted:
+        print("--- sample ---")
+        args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed = cfg.train.sample_tokens, 0.8, 0, 0.95, 0
+        _sample_text(result.model, result.tokenizer, b"", cfg.train.seq_len, args)
+    return 130 if result.interrupted else 0
+
+
+def cmd_eval(args) -> int:
+    from lamina.data import encode_split, load_corpus, metric_unit
+    from lamina.eval import evaluate, format_metric
+    from lamina.train import load_model, pick_device
+
+    device = pick_device(args.device)
+    model, tokenizer, cfg = load_model(args.checkpoint, device)
+    corpus = load_corpus(cfg.data.corpus, args.data_dir or cfg.data.data_dir, cfg.data.download)
+    tokens = encode_split(tokenizer, corpus, args.split)
+    unit = metric_unit(corpus, tokenizer)
+    tgt_len = args.tgt_len or cfg.train.seq_len
+    modes = [True, False] if args.carry == "both" else [args.carry == "yes"]
+    with model.memory(mem_len=args.mem_len):
+        mems = sorted(set(m.mem_len for m in model.memory_layers()))
+        for carry in modes:
+            result = evaluate(
+                model, tokens, batch_size=args.batch_size, tgt_len=tgt_len, carry=carry, max_tokens=args.max_tokens,
+                device=device, precision=cfg.train.precision, name=f"{args.split} split of {cfg.data.corpus}",
+            )
+            how = "state carried across segments" if carry else "each segment from an empty state"
+            mem = f", mem_len {mems[0] if len(mems) == 1 else mems}" if mems else ""
+            print(f"{cfg.data.corpus} {args.split}: {format_metric(unit, result.nats)} "
+                  f"(loss {result.nats:.4f} nats/token) over {result.tokens:,} tokens; tgt_len {tgt_len}{mem}; {how}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from lamina.train import load_model, pick_device
+
+    model, tokenizer, cfg = load_model(args.checkpoint, pick_device(args.device))
+    _sample_text(model, tokenizer, _prompt_bytes(args), cfg.train.seq_len, args)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from lamina.config import load_config, preset_names
+    from lamina.data import corpus_names
+    from lamina.mixers import mixer_names
+    from lamina.models import LM
+    from lamina.train import resolve_checkpoint
+
+    target, overrides = _split_args(args.items)
+    if target is None:
+        print(f"presets: {', '.join(preset_names())}")
+        print(f"mixers:  {', '.join(mixer_names())}")
+        print(f"corpora: {', '.join(corpus_names())}")
+        return 0
+    if Path(target).is_dir():
+        from lamina.train import load_model
+
+        model, tokenizer, cfg = load_model(resolve_checkpoint(target))
+        print(f"checkpoint {resolve_checkpoint(target)}")
+    else:
+        cfg = load_config(target, overrides)
+        vocab = cfg.model.vocab_size or (257 if cfg.data.tokenizer in (None, "bytes") else 0)
+        if not vocab:
+            raise LaminaError("a word-level preset's vocabulary comes from its corpus; give model.vocab_size=N")
+        model = LM(cfg.model, vocab)
+        print(f"preset {cfg.preset}")
+    print(model.describe())
+    print(f"data: {cfg.data.corpus} ({cfg.data.tokenizer or 'corpus default'} tokens); "
+          f"train: {cfg.train.steps} steps of {cfg.train.batch_size}x{cfg.train.seq_len}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lamina", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (default preset on the embedded stdlib corpus)")
+    p.add_argument("items", nargs="*", metavar="PRESET|key=value", help="a preset name or .yaml file, then overrides")
+    p.add_argument("--resume", metavar="RUN", help="continue a run directory or checkpoint")
+    p.add_argument("--data-dir", help="directory holding corpus files (else $LAMINA_DATA_DIR, then the cache)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="bits per byte/char or perplexity of a checkpoint")
+    p.add_argument("checkpoint", metavar="RUN")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--tgt-len", type=int, default=0, help="segment length (default: the training seq_len)")
+    p.add_argument("--mem-len", type=int, default=None, help="attention memory length (default: as trained)")
+    p.add_argument("--carry", choices=["both", "yes", "no"], default="both", help="carry state across segments")
+    p.add_argument("--batch-size", type=int, default=8, help="parallel streams")
+    p.add_argument("--max-tokens", type=int, default=0, help="score only the first N tokens (0: all)")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="stream a continuation of a prompt")
+    p.add_argument("checkpoint", metavar="RUN")
+    p.add_argument("--prompt", default="", help="prompt text (any bytes)")
+    p.add_argument("--prompt-file", help="read the prompt from a file")
+    p.add_argument("--max-new-tokens", type=int, default=300)
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0: off")
+    p.add_argument("--top-p", type=float, default=1.0, help="1: off")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("info", help="architecture, parameters and state size of a run or preset")
+    p.add_argument("items", nargs="*", metavar="RUN|PRESET|key=value")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LaminaError as err:
+        print(f"lamina: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lamina: interrupted", file=sys.stderr)
+        return 130

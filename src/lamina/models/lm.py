@@ -1,0 +1,161 @@
+"""The one generic language model, built from a layer schedule.
+
+``embedding -> [pre-norm block] * L -> RMSNorm -> tied output head``, where a
+block is ``x + mixer(norm(x), state)`` followed by ``x + SwiGLU(norm(x))``
+(the LLaMA block shape, with any registered mixer in the attention slot).
+
+Initialisation (GPT-2, Radford et al. 2019, section 2.3): every ``nn.Linear``
+and the embedding start from N(0, 0.02) with zero biases; the projections
+that write into the residual stream (the MLP's down projection and each
+mixer's ``out``, when it has one) are scaled by 1/sqrt(2L). Modules that are
+not linear layers (cuDNN RNNs, norms) keep PyTorch's defaults; a mixer with a
+paper-specific initialisation defines ``reset_parameters()``, called last.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lamina.config import ModelConfig
+from lamina.mixers import Mixer, mixer_class
+from lamina.models.schedule import LayerSpec, parse_layers
+
+
+def mlp_hidden_size(d_model: int, requested: int | None) -> int:
+    """SwiGLU width: 8/3 of d_model (same parameters as a 4x GELU MLP), rounded up to 64."""
+    if requested:
+        return requested
+    return 64 * math.ceil(8 * d_model / 3 / 64)
+
+
+class SwiGLU(nn.Module):
+    """Shazeer 2020, "GLU Variants Improve Transformer": down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, mixer: Mixer, d_model: int, mlp_hidden: int, dropout: float, eps: float):
+        super().__init__()
+        self.mixer_norm = nn.RMSNorm(d_model, eps=eps)
+        self.mixer = mixer
+        self.mlp_norm = nn.RMSNorm(d_model, eps=eps)
+        self.mlp = SwiGLU(d_model, mlp_hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, state):
+        h, state = self.mixer(self.mixer_norm(x), state)
+        x = x + self.dropout(h)
+        x = x + self.dropout(self.mlp(self.mlp_norm(x)))
+        return x, state
+
+
+class LM(nn.Module):
+    """A causal LM over token ids whose state is the list of its layers' states."""
+
+    def __init__(self, config: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.config = config
+        self.vocab_size = vocab_size
+        self.specs: list[LayerSpec] = parse_layers(config.layers, config.mixers)
+        n_layers, d = len(self.specs), config.d_model
+        self.embed = nn.Embedding(vocab_size, d)
+        self.embed_dropout = nn.Dropout(config.dropout)
+        hidden = mlp_hidden_size(d, config.mlp_hidden)
+        self.blocks = nn.ModuleList(
+            Block(mixer_class(s.name)(d, s.options, i, n_layers), d, hidden, config.dropout, config.norm_eps)
+            for i, s in enumerate(self.specs)
+        )
+        self.norm = nn.RMSNorm(d, eps=config.norm_eps)
+        self.head = None if config.tie_embeddings else nn.Linear(d, vocab_size, bias=False)
+        self.shared = nn.ParameterDict()
+        for block in self.blocks:
+            for name, init in type(block.mixer).shared_parameters.items():
+                if name not in self.shared:
+                    self.shared[name] = nn.Parameter(init(n_layers, d))
+            block.mixer.bind_shared(self.shared)
+        self._init_weights(n_layers)
+
+    def _init_weights(self, n_layers: int) -> None:
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        residual_std = 0.02 / math.sqrt(2 * n_layers)
+        for block in self.blocks:
+            nn.init.normal_(block.mlp.down.weight, mean=0.0, std=residual_std)
+            out = getattr(block.mixer, "out", None)
+            if isinstance(out, nn.Linear):
+                nn.init.normal_(out.weight, mean=0.0, std=residual_std)
+            if hasattr(block.mixer, "reset_parameters"):
+                block.mixer.reset_parameters()
+
+    # --- state API ----------------------------------------------------------------
+    def init_state(self, batch: int, device=None, dtype=None) -> list:
+        return [block.mixer.init_state(batch, device, dtype) for block in self.blocks]
+
+    def state_size(self) -> int:
+        """Floats carried per sequence between tokens, summed over layers."""
+        return sum(block.mixer.state_size() for block in self.blocks)
+
+    def memory_layers(self) -> list[Mixer]:
+        """The layers whose state is a memory of ``mem_len`` past tokens (attention)."""
+        return [b.mixer for b in self.blocks if getattr(b.mixer, "mem_len", None) is not None]
+
+    @contextmanager
+    def memory(self, mem_len: int | None = None, extra: int = 0) -> Iterator[None]:
+        """Inside this block, memory layers keep ``mem_len`` tokens (or their own plus ``extra``).
+
+        Evaluation uses it to read with a longer memory than training;
+        generation to let new tokens see as far back as training did.
+        """
+        layers = self.memory_layers()
+        saved = [m.mem_len for m in layers]
+        for m, own in zip(layers, saved):
+            m.mem_len = (own if mem_len is None else mem_len) + extra
+        try:
+            yield
+        finally:
+            for m, own in zip(layers, saved):
+                m.mem_len = own
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # --- forward ------------------------------------------------------------------
+    def forward(self, ids: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, list]:
+        """``ids [B, T]`` -> ``(logits [B, T, V], new state)``."""
+        if state is None:
+            state = self.init_state(ids.shape[0], ids.device)
+        x = self.embed_dropout(self.embed(ids))
+        new_state = []
+        for block, layer_state in zip(self.blocks, state):
+            x, layer_state = block(x, layer_state)
+            new_state.append(layer_state)
+        x = self.norm(x)
+        logits = self.head(x) if self.head is not None else F.linear(x, self.embed.weight)
+        return logits, new_state
+
+    def describe(self) -> str:
+        """Architecture, parameter count and state size, for printing."""
+        names = [s.name for s in self.specs]
+        lines = [
+            f"layers ({len(names)}): {', '.join(names)}",
+            f"d_model {self.config.d_model}, vocab {self.vocab_size}, "
+            f"parameters {self.num_parameters():,}, state {self.state_size():,} floats per sequence",
+        ]
+        return "\n".join(lines)

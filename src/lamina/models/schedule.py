@@ -1,0 +1,66 @@
+"""A model's layer schedule, given as data.
+
+Accepted forms of ``model.layers``::
+
+    [hgrn, hgrn, attn]                         # names
+    [hgrn, {attn: {heads: 8, mem_len: 256}}]   # per-layer options
+    {pattern: [hgrn, hgrn, attn], repeat: 4}   # a repeating pattern
+
+``model.mixers`` holds default options per mixer name (``{attn: {heads: 6}}``);
+per-layer options override them. Every option is checked against the mixer's
+own ``Options`` dataclass, so a typo names the key and the allowed ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lamina.config import from_dict
+from lamina.errors import LaminaError
+from lamina.mixers import mixer_class
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    name: str
+    options: Any  # the mixer's Options dataclass instance
+
+
+def _entries(layers: Any) -> list:
+    if isinstance(layers, dict):
+        unknown = set(layers) - {"pattern", "repeat"}
+        if unknown or "pattern" not in layers:
+            raise LaminaError(
+                "model.layers as a mapping needs exactly the keys pattern and repeat, "
+                "e.g. {pattern: [hgrn, attn], repeat: 3}"
+            )
+        repeat = layers.get("repeat", 1)
+        if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+            raise LaminaError(f"model.layers.repeat must be a positive integer, got {repeat!r}")
+        return _entries(layers["pattern"]) * repeat
+    if isinstance(layers, str):
+        return [layers]
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise LaminaError("model.layers must be a non-empty list of mixer names, e.g. [hgrn, hgrn, attn]")
+    return list(layers)
+
+
+def parse_layers(layers: Any, defaults: dict | None = None) -> list[LayerSpec]:
+    """Expand and validate a layer schedule into one :class:`LayerSpec` per layer."""
+    defaults = defaults or {}
+    for name in defaults:
+        mixer_class(name)  # unknown names in model.mixers are errors too
+    specs = []
+    for i, entry in enumerate(_entries(layers)):
+        if isinstance(entry, str):
+            name, options = entry, {}
+        elif isinstance(entry, dict) and len(entry) == 1:
+            (name, options), = entry.items()
+            options = options or {}
+        else:
+            raise LaminaError(f"model.layers[{i}] must be a mixer name or {{name: {{options}}}}, got {entry!r}")
+        cls = mixer_class(name)
+        merged = {**(defaults.get(name) or {}), **options}
+        specs.append(LayerSpec(name, from_dict(cls.Options, merged, f"model.layers[{i}].{name}")))
+    return specs

@@ -1,0 +1,235 @@
+"""Segment-by-segment training with carried state (truncated BPTT).
+
+``batch_size`` parallel streams are read in consecutive ``seq_len`` segments;
+the state after segment n is detached and becomes the initial state of
+segment n+1, so Transformer-XL memory, RNN hidden states and HGRN states all
+train in this one loop. AdamW with linear warmup and cosine decay, gradient
+clipping, bf16 autocast on CUDA, periodic evaluation, JSONL metrics and atomic
+checkpoints. The data position is a pure function of the step, and the
+checkpoint carries optimizer, scheduler, RNG and stream state, so a resumed
+run continues bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lamina.config import Config
+from lamina.data import StreamBatcher, build_tokenizer, encode_split, load_corpus, metric_unit, tokenizer_from_dict
+from lamina.errors import LaminaError
+from lamina.eval import autocast_for, evaluate, format_metric, metric_value
+from lamina.eval.metrics import UNIT_METRIC
+from lamina.mixers import detach_state
+from lamina.models import LM
+from lamina.train.checkpoint import load_checkpoint, save_checkpoint
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    valid_nats: float | None
+    unit: str
+    interrupted: bool
+    model: LM
+    tokenizer: object
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LaminaError(f"train.device is {name} but CUDA is not available here; use device=cpu or auto")
+    return device
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: LM, cfg, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices and embeddings only (not on norms, biases or gate vectors)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda"
+    )
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _StopFlag:
+    """Ctrl-C (or SIGTERM) asks the loop to save and stop at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: Config, resume: str | None = None, log=print) -> TrainResult:
+    """Train (or resume) a run described by ``cfg``; returns the final model and metrics."""
+    t = cfg.train
+    device = pick_device(t.device)
+    run_dir = Path(t.out_dir or f"runs/{cfg.preset}")
+    ckpt = load_checkpoint(resume, with_trainer_state=True) if resume else None
+
+    corpus = load_corpus(cfg.data.corpus, cfg.data.data_dir, cfg.data.download)
+    log(corpus.describe())
+    tokenizer = tokenizer_from_dict(ckpt.tokenizer) if ckpt else build_tokenizer(cfg.data.tokenizer, corpus)
+    unit = metric_unit(corpus, tokenizer)
+    train_tokens = encode_split(tokenizer, corpus, "train")
+    valid_tokens = encode_split(tokenizer, corpus, "valid")
+    batcher = StreamBatcher(train_tokens, t.batch_size, t.seq_len, name=f"train split of {cfg.data.corpus}")
+
+    torch.manual_seed(t.seed)
+    random.seed(t.seed)
+    model = LM(cfg.model, cfg.model.vocab_size or tokenizer.vocab_size).to(device)
+    optimizer = make_optimizer(model, t, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, t.warmup_steps, t.steps, t.min_lr_ratio)
+    )
+    step, state = 0, None
+    if ckpt:
+        model.load_state_dict(ckpt.model_state)
+        trainer_state = ckpt.trainer_state
+        optimizer.load_state_dict(trainer_state["optimizer"])
+        scheduler.load_state_dict(trainer_state["scheduler"])
+        _set_rng_state(trainer_state["rng"])
+        step = trainer_state["step"]
+        state = _to_device(trainer_state["stream_state"], device)
+        log(f"resumed {ckpt.path} at step {step}")
+    log(model.describe())
+    log(f"training on {device}: {t.steps} steps of {t.batch_size}x{t.seq_len} tokens -> {run_dir}")
+
+    forward = torch.compile(model) if t.compile else model
+    metrics_file = run_dir / "metrics.jsonl"
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    def save() -> Path:
+        trainer_state = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(),
+            "step": step,
+            "data_position": step % len(batcher),
+            "stream_state": _to_device(state, torch.device("cpu")),
+        }
+        return save_checkpoint(run_dir, step, cfg, tokenizer.to_dict(), model.state_dict(), trainer_state, t.keep_checkpoints)
+
+    def record(row: dict) -> None:
+        with open(metrics_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def run_eval() -> float:
+        result = evaluate(
+            model, valid_tokens, batch_size=t.batch_size, tgt_len=t.seq_len, carry=t.carry_state,
+            max_tokens=t.eval_tokens, device=device, precision=t.precision, name=f"valid split of {cfg.data.corpus}",
+        )
+        record({"step": step, "valid_loss": result.nats, "valid_tokens": result.tokens, "elapsed": time.time() - start})
+        log(f"step {step}: valid {format_metric(unit, result.nats)} (loss {result.nats:.4f} nats/token, {result.tokens:,} tokens)")
+        return result.nats
+
+    start = time.time()
+    valid_nats, interrupted = None, False
+    bar = tqdm(total=t.steps, initial=step, disable=not sys.stderr.isatty(), dynamic_ncols=True, unit="step")
+    window_tokens, window_start = 0, time.time()
+    model.train()
+    with _StopFlag() as stop:
+        while step < t.steps:
+            position = step % len(batcher)
+            if position == 0 or not t.carry_state:
+                state = None  # a new pass over the streams starts empty
+            x, y = (v.to(device, non_blocking=True) for v in batcher.segment(position))
+            with autocast_for(device, t.precision):
+                logits, state = forward(x, state)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            if not torch.isfinite(loss):
+                raise LaminaError(
+                    f"the loss became {loss.item()} at step {step + 1}; training stopped. "
+                    f"Lower train.lr or raise train.warmup_steps, then --resume {run_dir} from the last checkpoint"
+                )
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            state = detach_state(state)
+            step += 1
+            window_tokens += x.numel()
+            bar.update(1)
+
+            if step % t.log_every == 0 or step == t.steps:
+                now = time.time()
+                tokens_per_s = window_tokens / max(now - window_start, 1e-9)
+                nats = loss.item()
+                record({"step": step, "loss": nats, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s, "elapsed": now - start})
+                bar.set_postfix({"loss": f"{nats:.3f}", UNIT_METRIC[unit]: f"{metric_value(unit, nats):.3f}", "tok/s": f"{tokens_per_s:,.0f}"})
+                window_tokens, window_start = 0, now
+            out_of_time = t.max_minutes is not None and time.time() - start > 60 * t.max_minutes
+            if step % t.eval_every == 0 or step == t.steps or out_of_time or stop.requested:
+                valid_nats = run_eval()
+            if step % t.save_every == 0 or step == t.steps or out_of_time or stop.requested:
+                path = save()
+                if stop.requested or out_of_time:
+                    reason = "interrupted" if stop.requested else f"time limit of {t.max_minutes} minutes reached"
+                    log(f"{reason} at step {step}; saved {path}; continue with: lamina train --resume {run_dir}")
+                    interrupted = stop.requested
+                    break
+    bar.close()
+    if valid_nats is None:  # resumed a finished run
+        valid_nats = run_eval()
+    return TrainResult(run_dir, step, valid_nats, unit, interrupted, model, tokenizer)
+
+
+def _to_device(state, device: torch.device):
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.to(device)
+    return type(state)(_to_device(s, device) for s in state)

@@ -1,0 +1,109 @@
+"""Shared checks that a mixer computes one function in every form.
+
+``full == chunks with carried state == token by token``, for outputs, final
+states and gradients (with respect to the input and every parameter).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lamina.mixers import use_form
+from lamina.mixers.base import flatten_state
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖ / ‖b‖ in float64 (0 when both are zero)."""
+    a, b = a.detach().double(), b.detach().double()
+    denom = b.norm()
+    return float((a - b).norm() / denom) if denom > 0 else float(a.norm())
+
+
+def run_in_chunks(mixer, x, sizes, state=None):
+    """Feed ``x`` through ``mixer`` in consecutive chunks of the given sizes, carrying state."""
+    outputs, start = [], 0
+    for size in sizes:
+        y, state = mixer(x[:, start : start + size], state)
+        outputs.append(y)
+        start += size
+    assert start == x.shape[1], "chunk sizes must cover the sequence"
+    return torch.cat(outputs, dim=1), state
+
+
+def split_sizes(total: int, first: int) -> list[int]:
+    """Uneven chunk sizes covering ``total``: first, first+2, first+4, ..."""
+    sizes, size = [], first
+    while sum(sizes) < total:
+        sizes.append(min(size, total - sum(sizes)))
+        size += 2
+    return sizes
+
+
+def grads_of(mixer, x, run) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, dict]:
+    """Outputs, final state and gradients of a fixed random projection of the outputs."""
+    mixer.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    y, state = run(mixer, x)
+    weight = torch.randn(y.shape, generator=torch.Generator().manual_seed(123), dtype=torch.float64).to(y)
+    (y * weight).sum().backward()
+    params = {n: p.grad.detach().clone() for n, p in mixer.named_parameters() if p.grad is not None}
+    return y.detach(), {k: v.detach() for k, v in flatten_state(state).items()}, x.grad.detach(), params
+
+
+def assert_close_all(got, want, tol: float, what: str) -> None:
+    y, s, gx, gp = got
+    y0, s0, gx0, gp0 = want
+    assert rel_err(y, y0) < tol, f"{what}: outputs differ by {rel_err(y, y0):.2e}"
+    assert s.keys() == s0.keys()
+    for k in s0:
+        assert rel_err(s[k], s0[k]) < tol, f"{what}: state {k} differs by {rel_err(s[k], s0[k]):.2e}"
+    assert rel_err(gx, gx0) < tol, f"{what}: input gradients differ by {rel_err(gx, gx0):.2e}"
+    assert gp.keys() == gp0.keys(), f"{what}: different parameters received gradients"
+    for k in gp0:
+        assert rel_err(gp[k], gp0[k]) < tol, f"{what}: gradient of {k} differs by {rel_err(gp[k], gp0[k]):.2e}"
+
+
+def check_forms_agree(mixer, x, *, tol: float = 1e-5, chunk: int = 5) -> None:
+    """The default form, uneven carried chunks, the recurrent form and T=1 calls all agree.
+
+    The reference is the recurrent form of a float64 copy of the mixer; the
+    fp32 paths must match it within ``tol``.
+    """
+    ref_mixer = _float64_copy(mixer)
+
+    def recurrent(m, inp):
+        with use_form("recurrent"):
+            return m(inp)
+
+    want = grads_of(ref_mixer, x.double(), recurrent)
+    full = grads_of(mixer, x, lambda m, inp: m(inp))
+    assert_close_all(full, want, tol, "full sequence vs float64 recurrent reference")
+    sizes = split_sizes(x.shape[1], chunk)
+    chunked = grads_of(mixer, x, lambda m, inp: run_in_chunks(m, inp, sizes))
+    assert_close_all(chunked, want, tol, f"chunks {sizes} with carried state vs reference")
+    tokens = grads_of(mixer, x, lambda m, inp: run_in_chunks(m, inp, [1] * inp.shape[1]))
+    assert_close_all(tokens, want, tol, "token by token vs reference")
+
+
+def _float64_copy(mixer):
+    import copy
+
+    ref = copy.deepcopy(mixer).double()
+    shared = getattr(mixer, "_shared", None)
+    if shared is not None:
+        ref.bind_shared(copy.deepcopy(shared).double())
+    return ref
+
+
+def assert_finite_stream(mixer, d_model: int, total: int = 100_000, chunk: int = 4096, batch: int = 1) -> None:
+    """Stream ``total`` tokens through ``mixer`` with carried state: no NaN or inf anywhere."""
+    gen = torch.Generator().manual_seed(0)
+    state = None
+    with torch.no_grad():
+        for start in range(0, total, chunk):
+            x = torch.randn(batch, min(chunk, total - start), d_model, generator=gen)
+            y, state = mixer(x, state)
+            assert torch.isfinite(y).all(), f"non-finite output at tokens {start}..{start + x.shape[1]}"
+            for k, v in flatten_state(state).items():
+                if v.is_floating_point():
+                    assert torch.isfinite(v).all(), f"non-finite state {k} after {start + x.shape[1]} tokens"
