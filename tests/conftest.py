@@ -32,7 +32,7 @@ def shared_data() -> Path:
 # A model and run small enough for a test: seconds on two cores.
 TINY = [
     "model.d_model=32",
-    "model.layers=[hgrn, attn]",
+    "model.layers=[attn, attn]",
     "model.mixers={attn: {heads: 2, mem_len: 16}}",
     "train.batch_size=4",
     "train.seq_len=32",

@@ -31,7 +31,8 @@ def test_train_learns_and_saves(tiny, tmp_path):
 
 
 def _cli(args, cwd, **kwargs):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # one thread each: two runs share the cores, and OpenMP threads that wait on a busy core crawl
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "lamina", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 

@@ -68,8 +68,8 @@ def _sample_text(model, tokenizer, prompt: bytes, context: int, args) -> None:
     from lamina.eval import generate
 
     ids = tokenizer.encode(prompt)
-    if len(ids) == 0:
-        ids = torch.tensor([tokenizer.eos_id])
+    if len(ids) == 0:  # start at a line start: a newline byte, or a word model's end-of-line token
+        ids = tokenizer.encode(b"\n") if tokenizer.name == "bytes" else torch.tensor([tokenizer.eos_id])
     streamer = _Streamer(tokenizer)
     sys.stdout.write(prompt.decode("utf-8", errors="replace"))
     generate(
@@ -212,7 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # overrides may follow options (lamina train PRESET --data-dir D key=value)
+    if extra and (not hasattr(args, "items") or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.items += extra
     try:
         return args.func(args)
     except LaminaError as err:

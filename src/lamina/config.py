@@ -61,6 +61,9 @@ class TrainConfig:
     batch_size: int = 16
     seq_len: int = 256
     carry_state: bool = True
+    # streams: consecutive segments of batch_size streams (state carried);
+    # random: windows at random offsets, nanoGPT-style (no state carried)
+    sampling: Literal["streams", "random"] = "streams"
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50

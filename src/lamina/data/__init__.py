@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from lamina.data.batching import StreamBatcher
+from lamina.data.batching import RandomWindows, StreamBatcher
 from lamina.data.corpora import (
     CORPORA,
     DATA_DIR_ENV,
@@ -70,6 +70,7 @@ __all__ = [
     "FileSpec",
     "Source",
     "SplitPart",
+    "RandomWindows",
     "StreamBatcher",
     "Tokenizer",
     "WordTokenizer",

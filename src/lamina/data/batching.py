@@ -62,3 +62,27 @@ class StreamBatcher:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return (self.segment(i) for i in range(self.n_segments))
+
+
+class RandomWindows:
+    """``batch_size`` windows of ``seq_len`` tokens at random offsets (nanoGPT's sampling).
+
+    For models trained without carried state: every step sees new segment
+    boundaries, so a small corpus is not memorised segment by segment. The
+    offsets of step ``i`` come from a generator seeded with ``(seed, i)``, so a
+    resumed run reads the same windows without saving any RNG state.
+    """
+
+    def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0, name: str = "the token stream"):
+        if tokens.numel() < seq_len + 2:
+            raise LaminaError(
+                f"{name} has {tokens.numel():,} tokens, too few for windows of seq_len {seq_len}; lower seq_len"
+            )
+        self.tokens, self.batch_size, self.seq_len, self.seed = tokens, batch_size, seq_len, seed
+
+    def segment(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        starts = torch.randint(0, self.tokens.numel() - self.seq_len - 1, (self.batch_size,), generator=generator)
+        index = starts[:, None] + torch.arange(self.seq_len + 1)
+        window = self.tokens[index]
+        return window[:, :-1], window[:, 1:]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lamina.config import Config
-from lamina.data import StreamBatcher, build_tokenizer, encode_split, load_corpus, metric_unit, tokenizer_from_dict
+from lamina.data import RandomWindows, StreamBatcher, build_tokenizer, encode_split, load_corpus, metric_unit, tokenizer_from_dict
 from lamina.errors import LaminaError
 from lamina.eval import autocast_for, evaluate, format_metric, metric_value
 from lamina.eval.metrics import UNIT_METRIC
@@ -125,7 +125,11 @@ def train(cfg: Config, resume: str | None = None, log=print) -> TrainResult:
     unit = metric_unit(corpus, tokenizer)
     train_tokens = encode_split(tokenizer, corpus, "train")
     valid_tokens = encode_split(tokenizer, corpus, "valid")
-    batcher = StreamBatcher(train_tokens, t.batch_size, t.seq_len, name=f"train split of {cfg.data.corpus}")
+    carry = t.carry_state and t.sampling == "streams"
+    if t.sampling == "random":
+        batcher = RandomWindows(train_tokens, t.batch_size, t.seq_len, t.seed, name=f"train split of {cfg.data.corpus}")
+    else:
+        batcher = StreamBatcher(train_tokens, t.batch_size, t.seq_len, name=f"train split of {cfg.data.corpus}")
 
     torch.manual_seed(t.seed)
     random.seed(t.seed)
@@ -157,7 +161,7 @@ def train(cfg: Config, resume: str | None = None, log=print) -> TrainResult:
             "scheduler": scheduler.state_dict(),
             "rng": _rng_state(),
             "step": step,
-            "data_position": step % len(batcher),
+            "data_position": step % len(batcher) if carry else step,
             "stream_state": _to_device(state, torch.device("cpu")),
         }
         return save_checkpoint(run_dir, step, cfg, tokenizer.to_dict(), model.state_dict(), trainer_state, t.keep_checkpoints)
@@ -182,8 +186,8 @@ def train(cfg: Config, resume: str | None = None, log=print) -> TrainResult:
     model.train()
     with _StopFlag() as stop:
         while step < t.steps:
-            position = step % len(batcher)
-            if position == 0 or not t.carry_state:
+            position = step % len(batcher) if carry else step
+            if position == 0 or not carry:
                 state = None  # a new pass over the streams starts empty
             x, y = (v.to(device, non_blocking=True) for v in batcher.segment(position))
             with autocast_for(device, t.precision):
