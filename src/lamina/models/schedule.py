@@ -49,8 +49,8 @@ def _entries(layers: Any) -> list:
 def parse_layers(layers: Any, defaults: dict | None = None) -> list[LayerSpec]:
     """Expand and validate a layer schedule into one :class:`LayerSpec` per layer."""
     defaults = defaults or {}
-    for name in defaults:
-        mixer_class(name)  # unknown names in model.mixers are errors too
+    for name, options in defaults.items():  # model.mixers is checked even for mixers no layer uses
+        from_dict(mixer_class(name).Options, options, f"model.mixers.{name}")
     specs = []
     for i, entry in enumerate(_entries(layers)):
         if isinstance(entry, str):

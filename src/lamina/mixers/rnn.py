@@ -1,0 +1,93 @@
+"""GRU and LSTM as mixers, through ``torch.nn.GRU`` / ``torch.nn.LSTM`` (cuDNN on GPU).
+
+GRU: Cho et al. 2014, "Learning Phrase Representations using RNN
+Encoder-Decoder" (section 2.3), in PyTorch's convention
+``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, ``h' = (1 - z) n + z h``.
+LSTM: Hochreiter & Schmidhuber 1997 with a forget gate (Gers et al. 2000),
+``c' = f c + i g``, ``h' = o tanh(c')``.
+
+One implementation serves both: the whole sequence is one library call with
+the carried state (the chunk form) and a step is the same call on one token.
+The state (GRU ``(h,)``, LSTM ``(h, c)``, each ``[B, hidden]``) is kept in fp32
+(or wider), like every lamina state, and converted to the activations' dtype
+at each call, which is what the library kernels need. With ``hidden !=
+d_model`` an output projection ``out`` maps back to ``d_model``.
+
+Initialisation: PyTorch's uniform(-1/sqrt(hidden), 1/sqrt(hidden)) for the
+recurrent weights (the model re-initialises only ``nn.Linear`` layers), and
+for the LSTM a forget-gate bias of 1 (Gers et al. 2000; Jozefowicz et al. 2015),
+so that memory is kept by default at the start of training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+import torch
+from torch import nn
+
+from lamina.errors import LaminaError
+from lamina.mixers.base import Mixer, State, register
+
+
+@dataclass
+class RNNOptions:
+    hidden: Optional[int] = None  # recurrent width (None: d_model)
+
+
+class _LibraryRNN(Mixer):
+    """A single-layer ``torch.nn`` recurrence; subclasses name the module and its number of state tensors."""
+
+    Options = RNNOptions
+    forms = ("recurrent", "chunk")
+    module: ClassVar[type[nn.RNNBase]]
+    n_states: ClassVar[int]
+
+    def __init__(self, d_model: int, options: RNNOptions, layer_idx: int = 0, n_layers: int = 1):
+        super().__init__(d_model, options, layer_idx, n_layers)
+        self.hidden = d_model if options.hidden is None else options.hidden
+        if self.hidden < 1:
+            raise LaminaError(f"{self.name}: hidden must be >= 1 (or null for d_model), got {self.hidden}")
+        self.rnn = self.module(d_model, self.hidden, batch_first=True)
+        self.out = nn.Linear(self.hidden, d_model, bias=False) if self.hidden != d_model else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The recurrent weights' initialisation (the model calls it after its own)."""
+        self.rnn.reset_parameters()
+
+    def init_state(self, batch: int, device=None, dtype=None) -> State:
+        dtype = torch.promote_types(dtype or torch.float32, torch.float32)
+        return tuple(torch.zeros(batch, self.hidden, device=device, dtype=dtype) for _ in range(self.n_states))
+
+    def forward_chunk(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        hx = tuple(s.to(x.dtype).unsqueeze(0) for s in state)  # [num_layers = 1, B, hidden]
+        y, new = self.rnn(x, hx if self.n_states > 1 else hx[0])
+        new = new if self.n_states > 1 else (new,)
+        if self.out is not None:
+            y = self.out(y)
+        return y, tuple(n.squeeze(0).to(s.dtype) for n, s in zip(new, state))
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        y, state = self.forward_chunk(x_t.unsqueeze(1), state)
+        return y[:, 0], state
+
+
+@register("gru")
+class GRU(_LibraryRNN):
+    module = nn.GRU
+    n_states = 1
+
+
+@register("lstm")
+class LSTM(_LibraryRNN):
+    module = nn.LSTM
+    n_states = 2
+
+    def reset_parameters(self) -> None:
+        """PyTorch's, then forget-gate bias 1 (rows ``[H, 2H)`` of the ``[i, f, g, o]`` layout)."""
+        super().reset_parameters()
+        with torch.no_grad():
+            self.rnn.bias_ih_l0[self.hidden : 2 * self.hidden].fill_(1.0)
+            self.rnn.bias_hh_l0[self.hidden : 2 * self.hidden].zero_()
