@@ -1,11 +1,20 @@
 """Tier 1: pure functions on tensors (no modules, no config, nothing of lamina above).
 
 Layout ``[B, T, ...]``, gates in log space, state accumulated in fp32. Each op
-family has a reference (a plain loop), a chunked form and the form mixers call,
-all with the signature ``op(..., *, initial_state=None, output_final_state=False)
+family has a reference (a plain loop), a fast form and a single-step form,
+with the signature ``op(..., *, initial_state=None, output_final_state=False)
 -> (out, final_state)``.
 """
 
+from lamina.ops.conv import causal_conv, causal_conv_reference, causal_conv_step
 from lamina.ops.scan import gated_scan, gated_scan_chunk, gated_scan_reference, gated_scan_step
 
-__all__ = ["gated_scan", "gated_scan_chunk", "gated_scan_reference", "gated_scan_step"]
+__all__ = [
+    "causal_conv",
+    "causal_conv_reference",
+    "causal_conv_step",
+    "gated_scan",
+    "gated_scan_chunk",
+    "gated_scan_reference",
+    "gated_scan_step",
+]
