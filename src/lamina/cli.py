@@ -1,7 +1,7 @@
 """The ``lamina`` command: train, eval, generate, info.
 
     lamina train [PRESET|FILE.yaml] [key=value ...] [--resume RUN]
-    lamina eval RUN [--split valid] [--tgt-len N] [--mem-len N] [--no-carry]
+    lamina eval RUN [--split test] [--tgt-len N] [--mem-len N] [--carry both|yes|no]
     lamina generate RUN [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
     lamina info [RUN|PRESET] [key=value ...]
 
