@@ -107,3 +107,50 @@ def assert_finite_stream(mixer, d_model: int, total: int = 100_000, chunk: int =
             for k, v in flatten_state(state).items():
                 if v.is_floating_point():
                     assert torch.isfinite(v).all(), f"non-finite state {k} after {start + x.shape[1]} tokens"
+
+
+def make_mixer(name: str, d_model: int, options: dict | None = None, layer_idx: int = 1, n_layers: int = 3, seed: int = 0):
+    """A registered mixer as the LM would build it, with random shared parameters bound."""
+    from torch import nn
+
+    from lamina.config import from_dict
+    from lamina.mixers import mixer_class
+
+    torch.manual_seed(seed)
+    cls = mixer_class(name)
+    mixer = cls(d_model, from_dict(cls.Options, options or {}, name), layer_idx, n_layers)
+    if cls.shared_parameters:
+        table = {k: nn.Parameter(init(n_layers, d_model) + torch.randn(n_layers, d_model))
+                 for k, init in cls.shared_parameters.items()}
+        mixer.bind_shared(nn.ParameterDict(table))
+    return mixer
+
+
+def check_masks_are_exact(mixer, x, valid, resets=None, tol: float = 1e-5) -> None:
+    """Padding never touches the state and document starts empty it: compare with each row run on its own.
+
+    Row ``b`` alone runs token by token over its real tokens only, from an
+    empty state at every document start. The masked batch must give the same
+    outputs at real positions, zeros at padded ones, and the same final state.
+    """
+    B, T = valid.shape
+    resets = torch.zeros(B, T, dtype=torch.bool) if resets is None else resets
+    with torch.no_grad():
+        y, state = mixer(x, valid=valid, resets=resets)
+        for b in range(B):
+            row_state, outputs = mixer.init_state(1, x.device, x.dtype), []
+            for t in range(T):
+                if resets[b, t]:
+                    row_state = mixer.init_state(1, x.device, x.dtype)
+                if valid[b, t]:
+                    out, row_state = mixer(x[b : b + 1, t : t + 1], row_state)
+                    outputs.append(out[0, 0])
+            real = valid[b].nonzero().flatten()
+            if outputs:
+                want = torch.stack(outputs)
+                assert rel_err(y[b, real], want) < tol, f"row {b}: outputs differ by {rel_err(y[b, real], want):.2e}"
+            pad = (~valid[b]).nonzero().flatten()
+            assert torch.equal(y[b, pad], torch.zeros_like(y[b, pad])), f"row {b}: padded outputs are not zero"
+            got = flatten_state(tuple(s[b : b + 1] for s in state))
+            for k, v in flatten_state(row_state).items():
+                assert rel_err(got[k].double(), v.double()) < tol, f"row {b}: state {k} differs by {rel_err(got[k].double(), v.double()):.2e}"

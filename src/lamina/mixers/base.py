@@ -43,11 +43,31 @@ class Mixer(nn.Module, abc.ABC):
         object.__setattr__(self, "_shared", None)
 
     # --- the API ------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: State | None = None,
+        *,
+        valid: torch.Tensor | None = None,
+        resets: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, State]:
+        """``x [B, T, d_model]`` -> ``(y [B, T, d_model], new state)``.
+
+        ``valid`` (``[B, T]`` bool) marks real tokens: a padded position gives
+        a zero output and never changes its sequence's state. ``resets``
+        (``[B, T]`` bool) marks the first token of a new document: that
+        sequence's state is emptied just before it. Both are handled here, once
+        for every mixer (see :func:`run_masked`).
+        """
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"{type(self).__name__} expects x of shape [B, T, {self.d_model}], got {tuple(x.shape)}")
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
+        if valid is None and resets is None:
+            return self._run(x, state)
+        return run_masked(self._run, x, state, valid, resets)
+
+    def _run(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         form = choose_form(self.forms, x.shape[1])
         return getattr(self, f"forward_{form}")(x, state)
 
@@ -95,6 +115,44 @@ def reset_state(state, keep: torch.Tensor):
         mask = keep.view(-1, *([1] * (state.dim() - 1)))
         return state * mask.to(state.dtype) if state.dtype != torch.bool else state & mask
     return type(state)(reset_state(s, keep) for s in state)
+
+
+def select_state(keep_new: torch.Tensor, new, old):
+    """Per sequence, ``new`` where ``keep_new`` (a ``[B]`` bool tensor) is True, else ``old``."""
+    if isinstance(new, torch.Tensor):
+        return torch.where(keep_new.view(-1, *([1] * (new.dim() - 1))), new, old.to(new.dtype))
+    return type(new)(select_state(keep_new, n, o) for n, o in zip(new, old))
+
+
+def run_masked(run, x: torch.Tensor, state, valid: torch.Tensor | None, resets: torch.Tensor | None):
+    """Apply ``run(x, state) -> (y, state)`` under padding and document-boundary masks.
+
+    The sequence is cut wherever any row switches between real tokens and
+    padding or starts a document; inside each span every row is all real or
+    all padding. Each span runs with the state carried (the forms' equivalence
+    makes that exact); rows that are padding in a span keep their state and
+    get zero outputs, and rows starting a document enter it with an empty
+    state. The cost is one call per span, whatever the mixer.
+    """
+    B, T = x.shape[:2]
+    for name, mask in (("valid", valid), ("resets", resets)):
+        if mask is not None and tuple(mask.shape) != (B, T):
+            raise ValueError(f"{name} must be a [B, T] = [{B}, {T}] bool mask, got {tuple(mask.shape)}")
+    valid = torch.ones(B, T, dtype=torch.bool, device=x.device) if valid is None else valid.to(x.device, torch.bool)
+    resets = torch.zeros(B, T, dtype=torch.bool, device=x.device) if resets is None else resets.to(x.device, torch.bool)
+    cut = resets.any(0)
+    cut[0] = True
+    cut[1:] |= (valid[:, 1:] != valid[:, :-1]).any(0)
+    starts = cut.nonzero().flatten().tolist() + [T]
+    outputs = []
+    for a, b in zip(starts[:-1], starts[1:]):
+        if resets[:, a].any():
+            state = reset_state(state, ~resets[:, a])
+        y, new = run(x[:, a:b], state)
+        live = valid[:, a]
+        state = select_state(live, new, state)
+        outputs.append(y * live.view(B, 1, 1).to(y.dtype))
+    return torch.cat(outputs, dim=1), state
 
 
 def flatten_state(state, prefix: str = "state") -> dict[str, torch.Tensor]:

@@ -56,8 +56,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(d_model, mlp_hidden)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, state):
-        h, state = self.mixer(self.mixer_norm(x), state)
+    def forward(self, x: torch.Tensor, state, **masks):
+        h, state = self.mixer(self.mixer_norm(x), state, **masks)
         x = x + self.dropout(h)
         x = x + self.dropout(self.mlp(self.mlp_norm(x)))
         return x, state
@@ -137,14 +137,26 @@ class LM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # --- forward ------------------------------------------------------------------
-    def forward(self, ids: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, list]:
-        """``ids [B, T]`` -> ``(logits [B, T, V], new state)``."""
+    def forward(
+        self,
+        ids: torch.Tensor,
+        state: list | None = None,
+        *,
+        valid: torch.Tensor | None = None,
+        resets: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list]:
+        """``ids [B, T]`` -> ``(logits [B, T, V], new state)``.
+
+        ``valid`` and ``resets`` (``[B, T]`` bool) mark padding and document
+        starts for every layer (see :meth:`lamina.mixers.Mixer.forward`).
+        """
         if state is None:
             state = self.init_state(ids.shape[0], ids.device)
+        masks = {k: v for k, v in (("valid", valid), ("resets", resets)) if v is not None}
         x = self.embed_dropout(self.embed(ids))
         new_state = []
         for block, layer_state in zip(self.blocks, state):
-            x, layer_state = block(x, layer_state)
+            x, layer_state = block(x, layer_state, **masks)
             new_state.append(layer_state)
         x = self.norm(x)
         logits = self.head(x) if self.head is not None else F.linear(x, self.embed.weight)

@@ -1,0 +1,56 @@
+"""Every registered mixer, with its default options: one function in every form, inert padding,
+document resets, and a state size that matches its state."""
+
+import pytest
+import torch
+
+from lamina.mixers import mixer_names
+from mixer_harness import check_forms_agree, check_masks_are_exact, make_mixer
+
+D = 64
+# attention's chunks equal the full run only while its memory covers them
+OPTIONS = {"attn": {"mem_len": 64}}
+
+
+def build(name):
+    return make_mixer(name, D, OPTIONS.get(name))
+
+
+def data(B, T, seed):
+    return torch.randn(B, T, D, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", mixer_names())
+@pytest.mark.parametrize("T", [1, 19])
+def test_forms_agree(name, T):
+    check_forms_agree(build(name), data(2, T, seed=T))
+
+
+@pytest.mark.parametrize("name", mixer_names())
+def test_padding_never_changes_the_state(name):
+    valid = torch.ones(4, 23, dtype=torch.bool)
+    valid[0, 17:] = False  # right padding
+    valid[1, :6] = False  # left padding
+    valid[2, 5:9] = False  # a hole
+    valid[3, :] = False  # all padding: the state stays empty
+    check_masks_are_exact(build(name), data(4, 23, seed=1), valid)
+
+
+@pytest.mark.parametrize("name", mixer_names())
+def test_document_starts_empty_the_state(name):
+    valid = torch.ones(3, 21, dtype=torch.bool)
+    valid[2, 15:] = False
+    resets = torch.zeros(3, 21, dtype=torch.bool)
+    resets[0, 7] = resets[0, 8] = True  # a one-token document
+    resets[1, 13] = True
+    resets[2, 18] = True  # inside the padding: the final state is empty
+    check_masks_are_exact(build(name), data(3, 21, seed=2), valid, resets)
+
+
+@pytest.mark.parametrize("name", mixer_names())
+def test_state_size_counts_the_state(name):
+    mixer = build(name)
+    state = mixer.init_state(1)
+    floats = sum(t.numel() for t in state if t.is_floating_point())
+    assert floats > 0 and mixer.state_size() == floats
+    assert all(t.dtype in (torch.float32, torch.bool) for t in state), "states are kept in fp32"
