@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from lamina.config import ModelConfig
 from lamina.eval import autocast_for
+from lamina.mixers import mixer_names
 from lamina.models import LM
 
 RESULTS = Path(__file__).parent / "results"
@@ -90,7 +91,7 @@ def bench_generate(mixer, T, args, device) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--mixers", default="attn,hgrn,gru,lstm")
+    parser.add_argument("--mixers", default=",".join(mixer_names()), help="comma-separated (default: every mixer)")
     parser.add_argument("--lengths", default="256,1024,4096")
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)

@@ -228,9 +228,17 @@ def load_preset(name_or_path: str) -> dict:
         data.setdefault("preset", path.stem)
         return data
     if name_or_path not in preset_names():
+        from lamina.mixers import mixer_names
+
+        if name_or_path in mixer_names():  # a mixer's name: the default preset with every layer of that mixer
+            data = load_preset("default")
+            data["model"]["layers"] = [name_or_path] * len(data["model"]["layers"])
+            data["preset"] = name_or_path
+            return data
         raise LaminaError(
-            f"unknown preset {name_or_path!r}; shipped presets: {', '.join(preset_names())} "
-            "(or give the path of a .yaml file)"
+            f"unknown preset {name_or_path!r}; shipped presets: {', '.join(preset_names())}; "
+            f"or a mixer's name ({', '.join(mixer_names())}) for the default preset with that mixer in every layer, "
+            "or the path of a .yaml file"
         )
     text = resources.files("lamina").joinpath("presets", f"{name_or_path}.yaml").read_text()
     data = _read_yaml(text, f"preset {name_or_path}")
