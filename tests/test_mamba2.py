@@ -50,7 +50,8 @@ def test_matches_ssd_recurrence_in_float64():
             grp = h // (H // G)
             b, c = Bs[:, t, grp * N : (grp + 1) * N], Cs[:, t, grp * N : (grp + 1) * N]
             xh = xs[:, t, h * P : (h + 1) * P]
-            S[:, h] = torch.exp(dt[:, t, h] * A[h])[:, None, None] * S[:, h] + (dt[:, t, h, None] * b)[:, :, None] * xh[:, None]
+            decay = torch.exp(dt[:, t, h] * A[h])[:, None, None]
+            S[:, h] = decay * S[:, h] + (dt[:, t, h, None] * b)[:, :, None] * xh[:, None]
         y = torch.einsum("bhn,bhnp->bhp", Cs[:, t].unflatten(-1, (G, N)).repeat_interleave(2, 1), S)
         ys.append(y.flatten(-2) + p["D"].repeat_interleave(P) * xs[:, t])
     gated = (torch.stack(ys, 1) * F.silu(z)).unflatten(-1, (G, -1))

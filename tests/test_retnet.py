@@ -70,7 +70,8 @@ def test_matches_parallel_retention_in_float64():
 
 def test_decays_and_state_size():
     mixer = make(heads=2, expand_k=1.0, expand_v=2.0)
-    assert torch.allclose(mixer.log_decay(torch.float64).exp(), torch.tensor([1 - 1 / 32, 1 - 1 / 64], dtype=torch.float64))
+    gammas = mixer.log_decay(torch.float64).exp()
+    assert torch.allclose(gammas, torch.tensor([1 - 1 / 32, 1 - 1 / 64], dtype=torch.float64))
     # d_model^2 * expand_k * expand_v / heads
     assert mixer.state_size() == D * D * 2 // 2 == sum(t[0].numel() for t in mixer.init_state(1))
     (S,) = mixer.init_state(3, dtype=torch.bfloat16)

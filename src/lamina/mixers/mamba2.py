@@ -118,9 +118,8 @@ class Mamba2(Mixer):
         x, B, C = F.silu(xBC).split([self.inner, o.groups * o.d_state, o.groups * o.d_state], dim=-1)
         dt = F.softplus(dt_raw.to(acc) + self.dt_bias.to(acc))
         g = -torch.exp(self.A_log.to(acc)) * dt
-        per_head = lambda t: t.unflatten(-1, (o.groups, o.d_state)).repeat_interleave(self.heads // o.groups, -2)  # noqa: E731
-        k = (per_head(B) * dt[..., None]).to(xBC.dtype)
-        return per_head(C), k, x.unflatten(-1, (self.heads, o.head_dim)), g
+        B, C = (t.unflatten(-1, (o.groups, o.d_state)).repeat_interleave(self.heads // o.groups, -2) for t in (B, C))
+        return C, (B * dt[..., None]).to(xBC.dtype), x.unflatten(-1, (self.heads, o.head_dim)), g
 
     def _output(self, y: torch.Tensor, v: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         y = y + self.D.to(y.dtype)[:, None] * v

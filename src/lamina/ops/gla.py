@@ -48,8 +48,9 @@ import torch.nn.functional as F
 from lamina.ops.scan import gated_scan_chunk
 
 # Forward + backward on one CPU thread, B = 4, H = 4, K = V = 64, T = 512 and 2048:
-# chunks of 64 beat 16, 32 and 128 for both gate kinds (by 1.1-1.8x); shorter
-# inputs use the next power of two above their length.
+# chunks of 64 were the fastest for both gate kinds, 2-17% ahead of 128, 13-35%
+# ahead of 32 and 1.4-2x ahead of 16. Shorter inputs use the next power of two
+# above their length, so a short segment is not padded to 64.
 DEFAULT_CHUNK = 64
 
 
