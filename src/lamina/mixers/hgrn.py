@@ -10,16 +10,12 @@ HGRN layer. Per hidden channel (section 3):
     h_t = lambda_t * h_{t-1} + i_t              (one gated scan, gates in log space)
     y_t = (RMSNorm(h_t) * silu(x_t W_g)) W_o    output gate
 
-The lower bounds (section 3.2) are one ``[n_layers, d_model]`` parameter ``P``
-shared by every HGRN layer of a model: ``gamma_l = sum_{k=1..l} softmax(P, 0)_k``,
-that is ``cumsum(softmax(P)) - softmax(P)_0``: 0 for the first layer and
-rising monotonically towards 1, so lower layers may forget fast and upper
-layers are made to remember. The model owns ``P`` (see
-``Mixer.shared_parameters``) and initialises it to zeros (``gamma_l = l / L``).
-It is declared per ``d_model`` because that is all the model knows; with
-``expand_ratio > 1`` each bound is repeated over its expansion channels, so
-layers of different expansion share one table. A mixer that is not bound to a
-model (or has ``use_lower_bound=False``) uses ``gamma = 0``.
+The lower bounds (section 3.2) are the model-wide table of
+:mod:`lamina.mixers.lower_bound`, shared with HGRN2 layers. It is declared per
+``d_model`` because that is all the model knows; with ``expand_ratio > 1``
+each bound is repeated over its expansion channels, so layers of different
+expansion share one table. A mixer that is not bound to a model (or has
+``use_lower_bound=False``) uses ``gamma = 0``.
 
 Initialisation is left to the model (every ``nn.Linear`` normal(0, 0.02), the
 output projection ``out`` scaled for depth, as in fla's HGRN); the mixer adds
@@ -36,9 +32,10 @@ from torch import nn
 
 from lamina.errors import LaminaError
 from lamina.mixers.base import Mixer, State, register
+from lamina.mixers.lower_bound import LOWER_BOUNDS, SHARED, bounded_log_forget, layer_lower_bound
 from lamina.ops.scan import gated_scan, gated_scan_step
 
-LOWER_BOUNDS = "hgrn_lower_bounds"
+__all__ = ["HGRN", "HGRNOptions", "LOWER_BOUNDS"]
 
 
 @dataclass
@@ -51,7 +48,7 @@ class HGRNOptions:
 class HGRN(Mixer):
     Options = HGRNOptions
     forms = ("recurrent", "chunk")
-    shared_parameters = {LOWER_BOUNDS: lambda n_layers, d_model: torch.zeros(n_layers, d_model)}
+    shared_parameters = SHARED
 
     def __init__(self, d_model: int, options: HGRNOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)
@@ -70,24 +67,15 @@ class HGRN(Mixer):
 
     def lower_bound(self, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
         """This layer's ``gamma`` per hidden channel, or None where it is 0."""
-        table = self.shared(LOWER_BOUNDS)
-        if table is None or not self.options.use_lower_bound or self.layer_idx == 0:
+        if not self.options.use_lower_bound:
             return None
-        weights = torch.softmax(table.to(dtype), dim=0)
-        gamma = weights[1 : self.layer_idx + 1].sum(0)
-        return gamma.repeat_interleave(self.options.expand_ratio)
+        gamma = layer_lower_bound(self.shared(LOWER_BOUNDS), self.layer_idx, dtype)
+        return None if gamma is None else gamma.repeat_interleave(self.options.expand_ratio)
 
     def _inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The scan's input ``i`` (in x's dtype) and log forget gate ``g`` (fp32 or wider)."""
         acc = torch.promote_types(x.dtype, torch.float32)
-        log_f = F.logsigmoid(self.f_proj(x).to(acc))
-        gamma = self.lower_bound(acc)
-        if gamma is None:
-            g = log_f
-        else:
-            # log(gamma + (1 - gamma) f) without leaving log space; the clamp only
-            # matters if a softmax weight underflows to 0 (log 0 has no gradient).
-            g = torch.logaddexp(gamma.clamp_min(torch.finfo(acc).tiny).log(), torch.log1p(-gamma) + log_f)
+        g = bounded_log_forget(self.f_proj(x).to(acc), self.lower_bound(acc))
         i = F.silu(self.i_proj(x)) * -torch.expm1(g)  # (1 - lambda), exact when lambda is near 1
         return i.to(x.dtype), g
 

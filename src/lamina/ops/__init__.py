@@ -7,12 +7,17 @@ with the signature ``op(..., *, initial_state=None, output_final_state=False)
 """
 
 from lamina.ops.conv import causal_conv, causal_conv_reference, causal_conv_step
+from lamina.ops.gla import gla, gla_chunk, gla_reference, gla_step
 from lamina.ops.scan import gated_scan, gated_scan_chunk, gated_scan_reference, gated_scan_step
 
 __all__ = [
     "causal_conv",
     "causal_conv_reference",
     "causal_conv_step",
+    "gla",
+    "gla_chunk",
+    "gla_reference",
+    "gla_step",
     "gated_scan",
     "gated_scan_chunk",
     "gated_scan_reference",
