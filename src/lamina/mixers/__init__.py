@@ -3,7 +3,7 @@
 Importing this package registers every built-in mixer.
 """
 
-from lamina.mixers import attn, hgrn, rnn  # noqa: F401  (registration)
+from lamina.mixers import attn, hgrn, minrnn, rglru, rnn  # noqa: F401  (registration)
 from lamina.mixers.base import Mixer, State, detach_state, mixer_class, mixer_names, register, reset_state
 from lamina.mixers.forms import choose_form, use_form
 
