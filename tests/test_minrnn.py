@@ -100,7 +100,7 @@ def test_state_size_and_dtype(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_stream_100k_tokens(name):
-    assert_finite_stream(make(name), D)
+    assert_finite_stream(make(name), D, chunk=25_000)  # few large calls: per-call overhead dominates at D = 16
 
 
 @pytest.mark.parametrize("name", NAMES)
