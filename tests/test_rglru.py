@@ -51,11 +51,12 @@ def paper_equations(mixer, x, state):
     W_a = torch.block_diag(*p["gate_weight"][0])  # u @ W_a: each head's block maps its own channels
     W_x = torch.block_diag(*p["gate_weight"][1])
     a = torch.sigmoid(p["a_logit"])
+    width = a.shape[0]
     hs = []
     for t in range(x.shape[1]):
         u_t = p["conv_bias"] + sum(p["conv_weight"][:, j] * padded[:, t + j] for j in range(K))
-        r_t = torch.sigmoid(u_t @ W_a + p["gate_bias"][0])
-        i_t = torch.sigmoid(u_t @ W_x + p["gate_bias"][1])
+        r_t = torch.sigmoid(u_t @ W_a + p["gate_bias"][:width])
+        i_t = torch.sigmoid(u_t @ W_x + p["gate_bias"][width:])
         a_t = a ** (8 * r_t)
         h = a_t * h + torch.sqrt(1 - a_t**2) * (i_t * u_t)
         hs.append(h)
@@ -114,7 +115,7 @@ def test_saturated_gates_keep_everything_finite():
     """A recurrence gate at exactly 0 in fp32 (a_t = 1, 1 - a_t^2 = 0): no NaN or inf, forward or backward."""
     mixer = make()
     with torch.no_grad():
-        mixer.gate_bias[0].fill_(-200.0)
+        mixer.gate_bias[: mixer.width].fill_(-200.0)  # the recurrence gate's half
     x = data(40).requires_grad_(True)
     y, (h, _) = mixer(x)
     (y.sum() + h.sum()).backward()

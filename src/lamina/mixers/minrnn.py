@@ -14,14 +14,14 @@ with its gates in log space (nothing overflows, no ``1 - z`` is formed):
 
 The candidate is ``h~_t = g(Lin_h(x_t))`` with the paper's log-space
 activation ``g(x) = x + 1/2`` for ``x >= 0``, ``sigmoid(x)`` below (appendix
-B.3; ``candidate: g``, the default, what the paper's code computes), or
+B.3; ``candidate: g``, the default, as in the paper's log-space code), or
 section 3's plain ``h~_t = Lin_h(x_t)`` (``candidate: linear``). The paper
 needs ``g`` because its log-space scan takes ``log h~``; lamina's scan keeps
 values in linear space and gates in log space, so both are exact here.
 
-The recurrent width is ``expand_ratio * d_model`` (the paper's expansion
-factor); ``out`` projects back to ``d_model``. The state is ``h``,
-``expand_ratio * d_model`` floats per sequence, in fp32.
+The recurrent width is ``expand_ratio * d_model`` (the ``d_h`` of the
+paper's ``Linear_{d_h}``); ``out`` projects back to ``d_model``. The state is
+``h``, ``expand_ratio * d_model`` floats per sequence, in fp32.
 
 Initialisation: the paper prescribes none; the model's applies (every
 ``nn.Linear`` N(0, 0.02) without bias, ``out`` scaled by ``1/sqrt(2L)``), so

@@ -11,12 +11,13 @@ Real-Gated Linear Recurrent Unit, per channel of its input ``u_t``:
 
 run as one gated scan with ``log a_t = c r_t log sigmoid(Lambda)`` (never
 above 0) and ``sqrt(1 - a_t^2) = sqrt(-expm1(2 log a_t))``, exact as
-``a_t -> 1`` (:func:`lamina.ops.gates.lru_normalizer`). The gradient of the
-square root is the true one; recurrentgemma instead clips it at 1000 for
-bf16 training, which this fp32-state scan does not need.
+``a_t -> 1`` (:func:`lamina.ops.gates.lru_normalizer`). Gates and
+normaliser are computed in fp32 (or wider) whatever the activations' dtype,
+so the square root keeps its true gradient (finite: it is clamped where
+``1 - a_t^2`` rounds to 0) instead of recurrentgemma's clip at 1000.
 
 The recurrent block (figure 2c) makes two branches of width ``width`` from
-``x``: ``GeLU(x W_y)`` and ``RG-LRU(Conv1D(x W_x))`` with a causal depthwise
+``x``: ``GeLU(x W_y)`` and ``RG-LRU(Conv1D(x W_u))`` with a causal depthwise
 conv of ``conv_width`` taps (4 in the paper); their product goes through
 ``out`` back to ``d_model``. ``width`` defaults to ``4/3 d_model`` (about the
 paper's RNN width), rounded up to a multiple of ``heads``. The gate weights
@@ -29,10 +30,11 @@ across segments, and a segment continues exactly where the previous one stopped.
 
 Initialisation: ``Lambda`` so that ``a^c`` is uniform in [0.9, 0.999]
 (section 2.4; recurrentgemma draws ``a`` itself on a ring in that range
-instead); the gate blocks N(0, 0.02) with zero biases, like every linear layer
-of lamina's model; the conv taps N(0, 0.01 / conv_width) with zero bias, as in
-recurrentgemma's ``Conv1D``; the projections are the model's (N(0, 0.02),
-``out`` scaled by ``1/sqrt(2L)``).
+instead); the gate blocks N(0, 0.02) with zero biases, like every linear
+layer of lamina's model; the conv taps normal with variance
+``0.01 / conv_width`` and a zero bias, as in recurrentgemma's ``Conv1D``;
+the projections ``W_y``, ``W_u`` (``in_proj``) and ``out`` are the model's
+(N(0, 0.02), ``out`` scaled by ``1/sqrt(2L)``).
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class RGLRU(Mixer):
         self.conv_bias = nn.Parameter(torch.empty(width))
         n = width // heads
         self.gate_weight = nn.Parameter(torch.empty(2, heads, n, n))  # [recurrence gate, input gate]
-        self.gate_bias = nn.Parameter(torch.empty(2, width))
+        self.gate_bias = nn.Parameter(torch.empty(2 * width))  # [recurrence | input]; a vector: no weight decay
         self.a_logit = nn.Parameter(torch.empty(width))  # Lambda: a = sigmoid(Lambda)
         self.out = nn.Linear(width, d_model, bias=False)
         self.reset_parameters()
@@ -115,7 +117,7 @@ class RGLRU(Mixer):
         acc = torch.promote_types(u.dtype, torch.float32)
         blocks = u.unflatten(-1, (self.heads, -1))
         pre = torch.einsum("...hi,ghij->...ghj", blocks, self.gate_weight.to(u.dtype)).flatten(-2)
-        r, i = (pre.to(acc) + self.gate_bias.to(acc)).unbind(-2)
+        r, i = (pre.to(acc) + self.gate_bias.to(acc).view(2, -1)).unbind(-2)
         log_a = C * torch.sigmoid(r) * log_sigmoid(self.a_logit.to(acc))
         b = lru_normalizer(log_a) * torch.sigmoid(i) * u.to(acc)
         return b.to(u.dtype), log_a
