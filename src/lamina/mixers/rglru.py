@@ -31,10 +31,13 @@ across segments, and a segment continues exactly where the previous one stopped.
 Initialisation: ``Lambda`` so that ``a^c`` is uniform in [0.9, 0.999]
 (section 2.4; recurrentgemma draws ``a`` itself on a ring in that range
 instead); the gate blocks N(0, 0.02) with zero biases, like every linear
-layer of lamina's model; the conv taps normal with variance
-``0.01 / conv_width`` and a zero bias, as in recurrentgemma's ``Conv1D``;
-the projections ``W_y``, ``W_u`` (``in_proj``) and ``out`` are the model's
-(N(0, 0.02), ``out`` scaled by ``1/sqrt(2L)``).
+layer of lamina's model; the projections ``W_y``, ``W_u`` (``in_proj``) and
+``out`` are the model's (N(0, 0.02), ``out`` scaled by ``1/sqrt(2L)``); the
+conv taps normal with variance ``1 / (3 conv_width)`` (that of PyTorch's
+``Conv1d`` default, which Mamba keeps) and a zero bias. recurrentgemma's conv
+variance ``0.01 / conv_width`` goes with its variance-``1/D`` projections;
+beside lamina's smaller ones it learned slower (d_model 64, two layers, 400
+steps on stdlib: 3.62 against 3.51 bits per byte).
 """
 
 from __future__ import annotations
@@ -97,9 +100,9 @@ class RGLRU(Mixer):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The paper's ``Lambda``, recurrentgemma's conv, the model's N(0, 0.02) gates (see the module notes)."""
+        """The paper's ``Lambda``, N(0, 0.02) gates, the conv at PyTorch's default variance (see the module notes)."""
         with torch.no_grad():
-            nn.init.normal_(self.conv_weight, std=math.sqrt(0.01 / self.options.conv_width))
+            nn.init.normal_(self.conv_weight, std=1 / math.sqrt(3 * self.options.conv_width))
             nn.init.zeros_(self.conv_bias)
             nn.init.normal_(self.gate_weight, std=0.02)
             nn.init.zeros_(self.gate_bias)
