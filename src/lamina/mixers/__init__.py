@@ -3,7 +3,18 @@
 Importing this package registers every built-in mixer.
 """
 
-from lamina.mixers import attn, gla, hgrn, hgrn2, linear_attn, mamba2, retnet, rnn  # noqa: F401  (registration)
+from lamina.mixers import (  # noqa: F401  (registration)
+    attn,
+    gla,
+    hgrn,
+    hgrn2,
+    linear_attn,
+    mamba2,
+    minrnn,
+    retnet,
+    rglru,
+    rnn,
+)
 from lamina.mixers.base import Mixer, State, detach_state, mixer_class, mixer_names, register, reset_state
 from lamina.mixers.forms import choose_form, use_form
 

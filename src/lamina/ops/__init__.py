@@ -3,14 +3,17 @@
 Layout ``[B, T, ...]``, gates in log space, state accumulated in fp32. Each op
 family has a reference (a plain loop), a fast form and a single-step form,
 with the signature ``op(..., *, initial_state=None, output_final_state=False)
--> (out, final_state)``.
+-> (out, final_state)``. The gate helpers of :mod:`lamina.ops.gates` are
+elementwise and have one form.
 """
 
 from lamina.ops.conv import causal_conv, causal_conv_reference, causal_conv_step
+from lamina.ops.gates import candidate_g, interpolation_gates, log_sigmoid, lru_normalizer, normalized_gates
 from lamina.ops.gla import gla, gla_chunk, gla_reference, gla_step
 from lamina.ops.scan import gated_scan, gated_scan_chunk, gated_scan_reference, gated_scan_step
 
 __all__ = [
+    "candidate_g",
     "causal_conv",
     "causal_conv_reference",
     "causal_conv_step",
@@ -22,4 +25,8 @@ __all__ = [
     "gated_scan_chunk",
     "gated_scan_reference",
     "gated_scan_step",
+    "interpolation_gates",
+    "log_sigmoid",
+    "lru_normalizer",
+    "normalized_gates",
 ]

@@ -1,0 +1,41 @@
+"""Every mixer and every hybrid preset trains through the CLI on stdlib and on ptb-char, then generates."""
+
+import pytest
+
+from lamina.cli import main
+from lamina.mixers import mixer_names
+
+HYBRIDS = {"griffin": {"rglru", "attn"}, "hawk": {"rglru"}, "samba": {"mamba2", "attn"}, "hgrn2-attn": {"hgrn2", "attn"}}
+SMALL = ["model.d_model=32", "train.steps=3", "train.batch_size=2", "train.seq_len=24", "train.warmup_steps=1",
+         "train.eval_tokens=256", "train.sample_tokens=0"]
+
+
+def corpus_overrides(corpus, shared_data):
+    return [f"data.corpus={corpus}"] + ([f"data.data_dir={shared_data}"] if corpus != "stdlib" else [])
+
+
+def train_and_generate(capsys, args, run):
+    assert main(["train", *args, f"train.out_dir={run}"]) == 0
+    out = capsys.readouterr().out
+    assert "final validation" in out
+    assert main(["generate", str(run), "--max-new-tokens", "12", "--seed", "0"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+@pytest.mark.parametrize("corpus", ["stdlib", "ptb-char"])
+def test_one_model_of_every_mixer(corpus, shared_data, tmp_path, capsys):
+    layers = ",".join(mixer_names())
+    args = ["default", f"model.layers=[{layers}]", "model.mixers={attn: {heads: 2, mem_len: 8}}", *SMALL]
+    train_and_generate(capsys, args + corpus_overrides(corpus, shared_data), tmp_path / "run")
+    assert main(["info", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in mixer_names())
+
+
+@pytest.mark.parametrize("corpus", ["stdlib", "ptb-char"])
+@pytest.mark.parametrize("preset", sorted(HYBRIDS))
+def test_hybrid_preset(preset, corpus, shared_data, tmp_path, capsys):
+    assert main(["info", preset]) == 0
+    layers = capsys.readouterr().out.split("layers (")[1].split("\n")[0].split(": ")[1].split(", ")
+    assert set(layers) == HYBRIDS[preset]
+    train_and_generate(capsys, [preset, *SMALL, *corpus_overrides(corpus, shared_data)], tmp_path / "run")
