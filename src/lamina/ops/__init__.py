@@ -8,6 +8,7 @@ elementwise and have one form.
 """
 
 from lamina.ops.conv import causal_conv, causal_conv_reference, causal_conv_step
+from lamina.ops.delta import delta_rule, delta_rule_chunk, delta_rule_reference, delta_rule_step
 from lamina.ops.gates import candidate_g, interpolation_gates, log_sigmoid, lru_normalizer, normalized_gates
 from lamina.ops.gla import gla, gla_chunk, gla_reference, gla_step
 from lamina.ops.scan import gated_scan, gated_scan_chunk, gated_scan_reference, gated_scan_step
@@ -17,6 +18,10 @@ __all__ = [
     "causal_conv",
     "causal_conv_reference",
     "causal_conv_step",
+    "delta_rule",
+    "delta_rule_chunk",
+    "delta_rule_reference",
+    "delta_rule_step",
     "gla",
     "gla_chunk",
     "gla_reference",
