@@ -39,9 +39,9 @@ def test_forms_agree(name, T):
 
 @pytest.mark.parametrize("options", [
     {"use_conv": False},
-    {"head_dim": 4, "expand_v": 3, "conv_size": 2},
+    {"head_dim": 4, "expand_v": 1.5, "conv_width": 2},
     {"use_gate": True},
-    {"use_gate": False, "conv_size": 1},
+    {"use_gate": False, "conv_width": 1},
 ])
 @pytest.mark.parametrize("name", NAMES)
 def test_forms_agree_with_options(name, options):
@@ -93,11 +93,11 @@ def test_matches_equations_in_float64(name, use_gate):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_state_size_formula(name):
-    # H K V for the matrix, (conv_size - 1) H (2K + V) for the convolution's last inputs
+    # H K V for the matrix, (conv_width - 1) H (2K + V) for the convolution's last inputs
     for options, K, V in [({}, 8, 8 * (2 if name == "gated_deltanet" else 1)),
-                          ({"head_dim": 4, "expand_v": 3, "conv_size": 3}, 4, 12)]:
+                          ({"head_dim": 4, "expand_v": 3, "conv_width": 3}, 4, 12)]:
         mixer = make(name, **options)
-        conv = options.get("conv_size", 4) - 1
+        conv = options.get("conv_width", 4) - 1
         assert mixer.state_size() == 2 * K * V + conv * 2 * (2 * K + V)
         assert mixer.state_size() == sum(t[0].numel() for t in mixer.init_state(1))
     flat = make(name, use_conv=False)
@@ -143,7 +143,8 @@ def test_lm_carries_state_and_keeps_the_decay_initialisation():
 def test_rejects_bad_options(name):
     cls = mixer_class(name)
     for options, key in [({"heads": 0}, "heads"), ({"heads": 3}, "heads"), ({"head_dim": 0}, "head_dim"),
-                         ({"expand_v": 0}, "expand_v"), ({"conv_size": 0}, "conv_size")]:
+                         ({"expand_v": 0}, "expand_v"), ({"expand_v": 0.3}, "expand_v"),
+                         ({"conv_width": 0}, "conv_width")]:
         with pytest.raises(LaminaError, match=key):
             cls(D, cls.Options(**options))
     with pytest.raises(LaminaError, match="allowed keys"):

@@ -24,18 +24,18 @@ Per head (``K = head_dim``, ``V = head_dim * expand_v``), for a token ``x_t``::
 The delta rule itself is the shared op :mod:`lamina.ops.delta` (log decay
 ``g = -exp(A_log) * softplus(...)`` passed in log space); the short
 convolution is :mod:`lamina.ops.conv`, one convolution over the concatenated
-q, k, v channels. The state is ``(S [B, H, K, V], conv [B, conv_size - 1,
+q, k, v channels. The state is ``(S [B, H, K, V], conv [B, conv_width - 1,
 H (2K + V)])`` in fp32 (or wider), ``(S,)`` without the convolution.
 
 Initialisation: every ``nn.Linear`` is left to the model (N(0, 0.02), the
 output projection ``out`` scaled for depth). The convolution weights use
-PyTorch's ``Conv1d`` default, U(-1/sqrt(conv_size), 1/sqrt(conv_size)), as the
-papers' code (fla's ``ShortConvolution``) does, without bias. Gated DeltaNet's
-decay follows Mamba2 (Dao & Gu 2024, its reference initialisation), as the
-Gated DeltaNet code does: ``A ~ U(1, 16)`` per head stored as ``A_log``, and
-``dt`` log-uniform in ``[0.001, 0.1]`` (floored at 1e-4) stored through the
-inverse softplus as ``dt_bias``. (fla draws ``A`` from ``U(0, 16)``; the
-lower bound 1 keeps ``log A`` finite.)
+PyTorch's ``Conv1d`` default, U(-1/sqrt(conv_width), 1/sqrt(conv_width)), as
+fla's ``ShortConvolution`` (the papers' code) does, without bias. Gated
+DeltaNet's decay has Mamba2's parametrisation and is initialised as
+mamba_ssm's Mamba2 (and lamina's ``mamba2``): ``A ~ U(1, 16)`` per head stored
+as ``A_log``, and ``dt`` log-uniform in ``[0.001, 0.1]`` (floored at 1e-4)
+stored through the inverse softplus as ``dt_bias``. (fla's Gated DeltaNet
+layer draws ``A`` from ``U(0, 16)``; the lower bound 1 keeps ``log A`` finite.)
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ from lamina.ops.delta import delta_rule, delta_rule_step
 class DeltaNetOptions:
     heads: int = 4
     head_dim: Optional[int] = None  # query/key width K per head (None: d_model // heads)
-    expand_v: int = 1  # value width per head V = head_dim * expand_v
-    conv_size: int = 4  # short causal convolution over q, k, v (width in tokens)
+    expand_v: float = 1.0  # value width per head V = head_dim * expand_v (an integer)
+    conv_width: int = 4  # short causal convolution over q, k, v (width in tokens)
     use_conv: bool = True
     use_gate: bool = False  # swish output gate (DeltaNet's paper has none)
 
@@ -68,7 +68,7 @@ class DeltaNetOptions:
 class GatedDeltaNetOptions(DeltaNetOptions):
     # The paper's defaults: values twice as wide as keys, and the swish output gate.
     # (Its 1.3B model, parameter-matched to Mamba2, uses heads=6, head_dim=256 at d_model=2048.)
-    expand_v: int = 2
+    expand_v: float = 2.0
     use_gate: bool = True
 
 
@@ -91,18 +91,22 @@ class _DeltaRuleMixer(Mixer):
             head_dim = d_model // heads
         if head_dim < 1:
             raise LaminaError(f"{self.name}: head_dim must be an integer >= 1 (or null for d_model // heads)")
-        if options.expand_v < 1:
-            raise LaminaError(f"{self.name}: expand_v must be an integer >= 1, got {options.expand_v}")
-        if options.conv_size < 1:
+        value_dim = head_dim * options.expand_v
+        if options.expand_v <= 0 or value_dim != int(value_dim):
             raise LaminaError(
-                f"{self.name}: conv_size must be an integer >= 1, got {options.conv_size} "
+                f"{self.name}: head_dim * expand_v = {head_dim} * {options.expand_v} must be a positive integer; "
+                "change expand_v or head_dim"
+            )
+        if options.conv_width < 1:
+            raise LaminaError(
+                f"{self.name}: conv_width must be an integer >= 1, got {options.conv_width} "
                 "(use_conv: false turns the convolution off)"
             )
-        self.heads, self.key_dim, self.value_dim = heads, head_dim, head_dim * options.expand_v
+        self.heads, self.key_dim, self.value_dim = heads, head_dim, int(value_dim)
         H, K, V = heads, self.key_dim, self.value_dim
         self.qkv = nn.Linear(d_model, H * (2 * K + V), bias=False)
         self.beta_proj = nn.Linear(d_model, H, bias=False)
-        self.conv_weight = nn.Parameter(torch.empty(H * (2 * K + V), options.conv_size)) if options.use_conv else None
+        self.conv_weight = nn.Parameter(torch.empty(H * (2 * K + V), options.conv_width)) if options.use_conv else None
         self.g_proj = nn.Linear(d_model, H * V, bias=False) if options.use_gate else None
         self.norm = nn.RMSNorm(V, eps=1e-5)
         self.out = nn.Linear(H * V, d_model, bias=False)
@@ -110,7 +114,7 @@ class _DeltaRuleMixer(Mixer):
     def reset_parameters(self) -> None:
         """Initialise what the model does not (it calls this after its own ``nn.Linear`` initialisation)."""
         if self.conv_weight is not None:
-            bound = 1 / math.sqrt(self.options.conv_size)
+            bound = 1 / math.sqrt(self.options.conv_width)
             nn.init.uniform_(self.conv_weight, -bound, bound)
 
     # --- state ----------------------------------------------------------------------
@@ -120,12 +124,12 @@ class _DeltaRuleMixer(Mixer):
         if self.conv_weight is None:
             return (S,)
         channels = self.heads * (2 * self.key_dim + self.value_dim)
-        return S, torch.zeros(batch, self.options.conv_size - 1, channels, device=device, dtype=dtype)
+        return S, torch.zeros(batch, self.options.conv_width - 1, channels, device=device, dtype=dtype)
 
     def state_size(self) -> int:
-        """``H K V`` for the matrix state, plus ``(conv_size - 1) H (2K + V)`` for the convolution's inputs."""
+        """``H K V`` for the matrix state, plus ``(conv_width - 1) H (2K + V)`` for the convolution's inputs."""
         H, K, V = self.heads, self.key_dim, self.value_dim
-        conv = (self.options.conv_size - 1) * H * (2 * K + V) if self.options.use_conv else 0
+        conv = (self.options.conv_width - 1) * H * (2 * K + V) if self.options.use_conv else 0
         return H * K * V + conv
 
     # --- the pieces -----------------------------------------------------------------
