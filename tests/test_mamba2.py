@@ -48,7 +48,7 @@ def test_matches_ssd_recurrence_in_float64():
     for t in range(T):
         for h in range(H):
             grp = h // (H // G)
-            b, c = Bs[:, t, grp * N : (grp + 1) * N], Cs[:, t, grp * N : (grp + 1) * N]
+            b = Bs[:, t, grp * N : (grp + 1) * N]
             xh = xs[:, t, h * P : (h + 1) * P]
             decay = torch.exp(dt[:, t, h] * A[h])[:, None, None]
             S[:, h] = decay * S[:, h] + (dt[:, t, h, None] * b)[:, :, None] * xh[:, None]

@@ -52,6 +52,7 @@ from lamina.errors import LaminaError
 from lamina.mixers.base import Mixer, State, register
 from lamina.ops.conv import causal_conv, causal_conv_step
 from lamina.ops.delta import delta_rule, delta_rule_step
+from lamina.ops.gates import init_ssm_decay, ssm_log_decay
 
 
 @dataclass
@@ -202,13 +203,7 @@ class GatedDeltaNet(_DeltaRuleMixer):
     def reset_parameters(self) -> None:
         """The convolution as DeltaNet's; ``A`` and ``dt`` as Mamba2's (see the module notes)."""
         super().reset_parameters()
-        with torch.no_grad():
-            self.A_log.copy_(torch.empty_like(self.A_log).uniform_(1, 16).log())
-            log_dt = torch.empty_like(self.dt_bias).uniform_(math.log(1e-3), math.log(0.1))
-            dt = log_dt.exp().clamp_min(1e-4)
-            self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(dt_bias) = dt
+        init_ssm_decay(self.dt_bias, self.A_log)
 
     def log_decay(self, x: torch.Tensor) -> torch.Tensor:
-        acc = torch.promote_types(x.dtype, torch.float32)
-        dt = F.softplus(self.a_proj(x).to(acc) + self.dt_bias.to(acc))
-        return -torch.exp(self.A_log.to(acc)) * dt
+        return ssm_log_decay(self.a_proj(x), self.dt_bias, self.A_log)[0]

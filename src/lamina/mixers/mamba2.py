@@ -36,6 +36,7 @@ from torch import nn
 from lamina.errors import LaminaError
 from lamina.mixers.base import Mixer, State, register
 from lamina.ops.conv import causal_conv, causal_conv_step
+from lamina.ops.gates import init_ssm_decay, ssm_log_decay
 from lamina.ops.gla import gla, gla_step
 
 
@@ -91,10 +92,8 @@ class Mamba2(Mixer):
             bound = 1 / math.sqrt(o.conv_width)
             self.conv_weight.uniform_(-bound, bound)
             self.conv_bias.uniform_(-bound, bound)
-            log_dt = torch.empty(self.heads).uniform_(math.log(o.dt_min), math.log(o.dt_max))
-            dt = log_dt.exp().clamp_min(o.dt_floor)
-            self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
-            self.A_log.copy_(torch.empty(self.heads).uniform_(o.a_min, o.a_max).log())
+            init_ssm_decay(self.dt_bias, self.A_log, dt_min=o.dt_min, dt_max=o.dt_max, dt_floor=o.dt_floor,
+                           a_min=o.a_min, a_max=o.a_max)
             self.D.fill_(1.0)
             self.norm_weight.fill_(1.0)
 
@@ -114,10 +113,8 @@ class Mamba2(Mixer):
     def _ssm_inputs(self, xBC: torch.Tensor, dt_raw: torch.Tensor):
         """q = C, k = dt * B, v = x ``[..., H, *]`` and g = dt * A ``[..., H]`` (fp32 or wider)."""
         o = self.options
-        acc = torch.promote_types(xBC.dtype, torch.float32)
         x, B, C = F.silu(xBC).split([self.inner, o.groups * o.d_state, o.groups * o.d_state], dim=-1)
-        dt = F.softplus(dt_raw.to(acc) + self.dt_bias.to(acc))
-        g = -torch.exp(self.A_log.to(acc)) * dt
+        g, dt = ssm_log_decay(dt_raw, self.dt_bias, self.A_log)
         B, C = (t.unflatten(-1, (o.groups, o.d_state)).repeat_interleave(self.heads // o.groups, -2) for t in (B, C))
         return C, (B * dt[..., None]).to(xBC.dtype), x.unflatten(-1, (self.heads, o.head_dim)), g
 

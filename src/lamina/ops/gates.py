@@ -1,4 +1,4 @@
-"""Gate arithmetic in log space for the elementwise recurrences (minGRU, minLSTM, RG-LRU).
+"""Gate arithmetic in log space (minGRU, minLSTM, RG-LRU; Mamba2 and Gated DeltaNet's decay).
 
 Each function turns pre-activations into the log decay ``g <= 0`` that
 :func:`lamina.ops.scan.gated_scan` takes, or into a factor on its input,
@@ -7,6 +7,8 @@ its gradient) when a gate is near 0 or 1.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -56,3 +58,24 @@ def lru_normalizer(g: torch.Tensor) -> torch.Tensor:
     """
     u = -torch.expm1(2 * g)
     return u.clamp_min(torch.finfo(u.dtype).tiny).sqrt()
+
+
+def ssm_log_decay(dt_raw: torch.Tensor, dt_bias: torch.Tensor, a_log: torch.Tensor) -> torch.Tensor:
+    """Mamba2's per-head decay in log space: ``g = dt * A``, ``dt = softplus(dt_raw + dt_bias)``, ``A = -exp(a_log)``.
+
+    Returns ``(g, dt)`` in fp32 or wider; ``g <= 0`` always.
+    """
+    acc = torch.promote_types(dt_raw.dtype, torch.float32)
+    dt = F.softplus(dt_raw.to(acc) + dt_bias.to(acc))
+    return -torch.exp(a_log.to(acc)) * dt, dt
+
+
+@torch.no_grad()
+def init_ssm_decay(dt_bias: torch.Tensor, a_log: torch.Tensor, *, dt_min: float = 1e-3, dt_max: float = 0.1,
+                   dt_floor: float = 1e-4, a_min: float = 1.0, a_max: float = 16.0) -> None:
+    """Mamba2's initialisation (Dao & Gu 2024): ``dt`` log-uniform in ``[dt_min, dt_max]`` (floored),
+    stored as ``softplus^-1(dt)`` in ``dt_bias``; ``A`` uniform in ``[a_min, a_max]``, stored as ``log A``."""
+    log_dt = torch.empty_like(dt_bias).uniform_(math.log(dt_min), math.log(dt_max))
+    dt = log_dt.exp().clamp_min(dt_floor)
+    dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+    a_log.copy_(torch.empty_like(a_log).uniform_(a_min, a_max).log())
