@@ -85,7 +85,7 @@ class Attention(Mixer):
         else:
             y = F.scaled_dot_product_attention(qr, kr, vt, attn_mask=self._mask(valid, M, T))
         y = self.out(y.transpose(1, 2).reshape(B, T, self.d_model))
-        new_state = (k_all[:, T:], v_all[:, T:], valid[:, T:])
+        new_state = (k_all[:, T:].to(k_mem.dtype), v_all[:, T:].to(v_mem.dtype), valid[:, T:])  # kept in fp32
         return y, new_state
 
     def _mask(self, valid: torch.Tensor, M: int, T: int) -> torch.Tensor:

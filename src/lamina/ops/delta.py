@@ -63,6 +63,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lamina.ops.precision import outside_autocast
+
 # Forward + backward on 2 CPU cores (B, H, K = V, T) = (4, 4, 64, 1024 | 8192) and
 # (8, 8, 32, 4096), with and without g: chunks of 64 are the fastest or within
 # 25% of the fastest in every case, 32 is close behind, 16 is up to 1.9x slower
@@ -125,6 +127,7 @@ def delta_rule_reference(q, k, v, beta, g=None, *, scale=None, initial_state=Non
     return out.to(q.dtype), (S if output_final_state else None)
 
 
+@outside_autocast
 def delta_rule_step(q_t, k_t, v_t, beta_t, g_t, state, *, scale=None):
     """One token (``q_t, k_t [B, H, K]``, ``v_t [B, H, V]``, ``beta_t, g_t [B, H]`` or ``g_t=None``).
 
@@ -154,6 +157,7 @@ def _segsum(g: torch.Tensor) -> torch.Tensor:
     return terms.cumsum(-2).masked_fill(~ones.tril(), float("-inf"))
 
 
+@outside_autocast
 def delta_rule_chunk(
     q, k, v, beta, g=None, *, scale=None, initial_state=None, output_final_state=False, chunk_size=DEFAULT_CHUNK
 ):

@@ -45,6 +45,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lamina.ops.precision import outside_autocast
 from lamina.ops.scan import gated_scan_chunk
 
 # Forward + backward on one CPU thread, B = 4, H = 4, K = V = 64, T = 512 and 2048:
@@ -76,6 +77,7 @@ def _check(q, k, v, g, initial_state) -> None:
         raise ValueError(f"initial_state must have shape {want}, got {tuple(initial_state.shape)}")
 
 
+@outside_autocast
 def gla_step(q, k, v, g, state, *, scale=None):
     """One token: ``q, k [B, H, K]``, ``v [B, H, V]``, ``g [B, H, K]`` or ``[B, H]``, ``state [B, H, K, V]``.
 
@@ -156,6 +158,7 @@ def _within_vector(q, k, v, g, L):
     return out, prefix, suffix
 
 
+@outside_autocast
 def gla_chunk(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False, chunk_size=DEFAULT_CHUNK):
     """Chunkwise form (see the module notes): ``(out in q's dtype, final state or None)``."""
     _check(q, k, v, g, initial_state)
