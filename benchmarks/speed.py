@@ -114,7 +114,7 @@ def main() -> None:
             print(f"{mixer:8} {T:>6} {train_tps:>14,.0f} {gen_tps:>15,.1f}", flush=True)
     meta = {
         "device": machine, "torch": torch.__version__, "d_model": args.d_model, "layers": args.layers,
-        "batch": args.batch, "decode_steps": args.decode_steps,
+        "batch": args.batch, "decode_steps": args.decode_steps, "repeats": args.repeats,
         "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -124,7 +124,8 @@ def main() -> None:
         f"# Speed on {machine}",
         "",
         f"4-layer LMs, d_model {meta['d_model']}, training batch {meta['batch']}, {meta['precision']}, torch {meta['torch']}.",
-        "Generation: decode tokens/s after a T-token prefill (batch 1).",
+        f"Training: median of {meta['repeats']} timed steps after one warm-up. "
+        f"Generation: tokens/s of {meta['decode_steps']} decode steps after a T-token prefill (batch 1).",
         "",
         "| mixer | T | train tokens/s | generate tokens/s |",
         "| --- | ---: | ---: | ---: |",

@@ -80,7 +80,7 @@ class GLA(Mixer):
 
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         gate = F.silu(self.r_proj(x)).unflatten(-1, (self.heads, -1))
-        return self.out((self.norm(o) * gate).flatten(-2))
+        return self.out((self.norm(o.to(x.dtype)) * gate).flatten(-2))
 
     def forward_chunk(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         q, k, v, g = self._inputs(x)
