@@ -59,7 +59,7 @@ def isolated(monkeypatch, tmp_path) -> Path:
 @pytest.fixture
 def shared() -> Path:
     if not SHARED.is_dir():
-        pytest.skip(f"shared benchmark corpora not found at {SHARED}")
+        pytest.fail(f"the shared benchmark corpora are missing at {SHARED}; set LAMINA_SHARED_DATA")
     return SHARED
 
 

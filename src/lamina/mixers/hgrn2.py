@@ -89,7 +89,7 @@ class HGRN2(Mixer):
         return heads(F.silu(self.q_proj(x))), heads(k.to(x.dtype)), heads(self.i_proj(x)), heads(g)
 
     def _output(self, o: torch.Tensor) -> torch.Tensor:
-        return self.out(self.norm(o.flatten(-2)))
+        return self.out(self.norm(o.flatten(-2).to(self.norm.weight.dtype)))
 
     def forward_chunk(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         q, k, v, g = self._inputs(x)
