@@ -170,7 +170,7 @@ def test_100k_tokens_stay_finite(scalar):
 
 def test_rejects_mismatched_shapes():
     q = torch.zeros(2, 5, 3, 4)
-    with pytest.raises(ValueError, match="q, k"):
+    with pytest.raises(ValueError, match="q and k of shape"):
         gla(q, torch.zeros(2, 5, 3, 3), torch.zeros(2, 5, 3, 2), torch.zeros(2, 5, 3))
     with pytest.raises(ValueError, match="g of shape"):
         gla(q, q, torch.zeros(2, 5, 3, 2), torch.zeros(2, 5, 4))

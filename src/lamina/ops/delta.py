@@ -63,7 +63,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lamina.ops.precision import outside_autocast
+from lamina.ops.precision import acc_dtype, check_matrix_state_inputs, outside_autocast
 
 # Forward + backward on 2 CPU cores (B, H, K = V, T) = (4, 4, 64, 1024 | 8192) and
 # (8, 8, 32, 4096), with and without g: chunks of 64 are the fastest or within
@@ -74,28 +74,12 @@ from lamina.ops.precision import outside_autocast
 DEFAULT_CHUNK = 64
 
 
-def _acc_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    """The accumulation dtype: fp32, or wider if an input is wider."""
-    out = torch.float32
-    for t in tensors:
-        if t is not None:
-            out = torch.promote_types(out, t.dtype)
-    return out
-
-
 def _check(q, k, v, beta, g, initial_state) -> None:
-    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            "the delta rule needs q and k of shape [B, T, H, K] and v of shape [B, T, H, V], got "
-            f"{tuple(q.shape)}, {tuple(k.shape)} and {tuple(v.shape)}"
-        )
+    check_matrix_state_inputs("the delta rule", q, k, v, initial_state)
     if beta.shape != q.shape[:3]:
         raise ValueError(f"beta must have shape {tuple(q.shape[:3])} ([B, T, H]), got {tuple(beta.shape)}")
     if g is not None and g.shape != q.shape[:3]:
         raise ValueError(f"g must have shape {tuple(q.shape[:3])} ([B, T, H]) or be None, got {tuple(g.shape)}")
-    want = (q.shape[0], q.shape[2], q.shape[3], v.shape[3])
-    if initial_state is not None and tuple(initial_state.shape) != want:
-        raise ValueError(f"initial_state must have shape {want} ([B, H, K, V]), got {tuple(initial_state.shape)}")
 
 
 def _initial(initial_state, q, v, acc) -> torch.Tensor:
@@ -109,7 +93,7 @@ def _initial(initial_state, q, v, acc) -> torch.Tensor:
 def delta_rule_reference(q, k, v, beta, g=None, *, scale=None, initial_state=None, output_final_state=False):
     """Plain loop with the transition matrix written out: ``(out [B, T, H, V], final state or None)``."""
     _check(q, k, v, beta, g, initial_state)
-    acc = _acc_dtype(q, k, v, beta, g)
+    acc = acc_dtype(q, k, v, beta, g)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     S = _initial(initial_state, q, v, acc)
     eye = torch.eye(q.shape[-1], dtype=acc, device=q.device)
@@ -133,7 +117,7 @@ def delta_rule_step(q_t, k_t, v_t, beta_t, g_t, state, *, scale=None):
 
     Returns ``(o_t [B, H, V] in q_t's dtype, new state [B, H, K, V] in the accumulation dtype)``.
     """
-    acc = _acc_dtype(q_t, k_t, v_t, beta_t, g_t, state)
+    acc = acc_dtype(q_t, k_t, v_t, beta_t, g_t, state)
     scale = q_t.shape[-1] ** -0.5 if scale is None else scale
     S = state.to(acc)
     if g_t is not None:
@@ -167,7 +151,7 @@ def delta_rule_chunk(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     B, T, H, K = q.shape
     V = v.shape[-1]
-    acc = _acc_dtype(q, k, v, beta, g)
+    acc = acc_dtype(q, k, v, beta, g)
     scale = K ** -0.5 if scale is None else scale
     S = _initial(initial_state, q, v, acc)
     if T == 0:  # nothing to do: the state passes through

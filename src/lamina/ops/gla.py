@@ -45,7 +45,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lamina.ops.precision import outside_autocast
+from lamina.ops.precision import acc_dtype, check_matrix_state_inputs, outside_autocast
 from lamina.ops.scan import gated_scan_chunk
 
 # Forward + backward on one CPU thread, B = 4, H = 4, K = V = 64, T = 512 and 2048:
@@ -55,26 +55,10 @@ from lamina.ops.scan import gated_scan_chunk
 DEFAULT_CHUNK = 64
 
 
-def _acc_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    """The accumulation dtype: fp32, or wider if an input is wider."""
-    out = torch.float32
-    for t in tensors:
-        if t is not None:
-            out = torch.promote_types(out, t.dtype)
-    return out
-
-
 def _check(q, k, v, g, initial_state) -> None:
-    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            "gla needs q, k [B, T, H, K] and v [B, T, H, V], got "
-            f"{tuple(q.shape)}, {tuple(k.shape)} and {tuple(v.shape)}"
-        )
+    check_matrix_state_inputs("gla", q, k, v, initial_state)
     if g.shape != q.shape and g.shape != q.shape[:3]:
         raise ValueError(f"gla needs g of shape {tuple(q.shape)} or {tuple(q.shape[:3])}, got {tuple(g.shape)}")
-    want = (q.shape[0], q.shape[2], q.shape[3], v.shape[3])
-    if initial_state is not None and tuple(initial_state.shape) != want:
-        raise ValueError(f"initial_state must have shape {want}, got {tuple(initial_state.shape)}")
 
 
 @outside_autocast
@@ -83,7 +67,7 @@ def gla_step(q, k, v, g, state, *, scale=None):
 
     Returns ``(o [B, H, V] in q's dtype, new state in the accumulation dtype)``.
     """
-    acc = _acc_dtype(q, k, v, g, state)
+    acc = acc_dtype(q, k, v, g, state)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     decay = torch.exp(g.to(acc))
     decay = decay[..., None] if g.dim() == 3 else decay[..., None, None]
@@ -96,7 +80,7 @@ def gla_reference(q, k, v, g, *, scale=None, initial_state=None, output_final_st
     """Plain loop over time: ``(out [B, T, H, V] in q's dtype, final state or None)``."""
     _check(q, k, v, g, initial_state)
     B, T, H, K = q.shape
-    acc = _acc_dtype(q, k, v, g, initial_state)
+    acc = acc_dtype(q, k, v, g, initial_state)
     state = q.new_zeros(B, H, K, v.shape[-1], dtype=acc) if initial_state is None else initial_state.to(acc)
     outputs = []
     for t in range(T):
@@ -168,7 +152,7 @@ def gla_chunk(q, k, v, g, *, scale=None, initial_state=None, output_final_state=
     if T == 0:  # nothing to do: the state passes through
         return gla_reference(q, k, v, g, scale=scale, initial_state=initial_state,
                              output_final_state=output_final_state)
-    acc = _acc_dtype(q, k, v, g, initial_state)
+    acc = acc_dtype(q, k, v, g, initial_state)
     scale = K**-0.5 if scale is None else scale
     V, scalar, out_dtype = v.shape[-1], g.dim() == 3, q.dtype
     L = min(chunk_size, 1 << (T - 1).bit_length())

@@ -29,19 +29,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lamina.ops.precision import acc_dtype
+
 # Forward + backward on 2 CPU cores, B = 8, T = 256..16384, D = 256..1024: chunks
 # of 32 and 64 tie within noise and beat 16 and 128 by up to 1.5x; 32 pads short
 # segments less. (A plain step loop with the same backward is up to 2x faster on
 # CPU when B * D >= 2048, but 13x slower at B = 1, D = 64, and hopeless on GPU.)
 DEFAULT_CHUNK = 32
-
-
-def _acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """The accumulation dtype: fp32, or wider if an input is wider."""
-    out = torch.float32
-    for d in dtypes:
-        out = torch.promote_types(out, d)
-    return out
 
 
 def _check(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor | None) -> None:
@@ -58,7 +52,7 @@ def _check(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor | None)
 def gated_scan_reference(x, g, *, initial_state=None, output_final_state=False):
     """Plain loop over time: ``(out [B, T, ...] in x.dtype, final state or None)``."""
     _check(x, g, initial_state)
-    acc = _acc_dtype(x.dtype, g.dtype)
+    acc = acc_dtype(x, g)
     h = x.new_zeros(x.shape[:1] + x.shape[2:], dtype=acc) if initial_state is None else initial_state.to(acc)
     outputs = []
     for t in range(x.shape[1]):
@@ -70,7 +64,7 @@ def gated_scan_reference(x, g, *, initial_state=None, output_final_state=False):
 
 def gated_scan_step(x_t, g_t, state):
     """One token: ``exp(g_t) * state + x_t`` in the accumulation dtype (the output is the new state)."""
-    acc = _acc_dtype(x_t.dtype, g_t.dtype, state.dtype)
+    acc = acc_dtype(x_t, g_t, state)
     return torch.addcmul(x_t.to(acc), torch.exp(g_t.to(acc)), state.to(acc))
 
 
@@ -119,7 +113,7 @@ class _GatedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, g, h0, chunk_size):
         B, T = x.shape[:2]
-        acc = _acc_dtype(x.dtype, g.dtype)
+        acc = acc_dtype(x, g)
         h, h_last = _scan(
             x.reshape(B, T, -1).to(acc),
             g.reshape(B, T, -1).to(acc),
