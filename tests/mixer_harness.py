@@ -154,3 +154,16 @@ def check_masks_are_exact(mixer, x, valid, resets=None, tol: float = 1e-5) -> No
             got = flatten_state(tuple(s[b : b + 1] for s in state))
             for k, v in flatten_state(row_state).items():
                 assert rel_err(got[k].double(), v.double()) < tol, f"row {b}: state {k} differs by {rel_err(got[k].double(), v.double()):.2e}"
+
+
+def check_lm_carries_state(model, length: int = 45, cuts: tuple[int, ...] = (20, 21)) -> None:
+    """A whole LM: one full call equals consecutive calls (a single token among them) with carried state."""
+    ids = torch.randint(0, model.vocab_size, (2, length), generator=torch.Generator().manual_seed(0))
+    bounds = [0, *cuts, length]
+    with torch.no_grad():
+        full, _ = model(ids)
+        pieces, state = [], None
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            logits, state = model(ids[:, a:b], state)
+            pieces.append(logits)
+    assert rel_err(torch.cat(pieces, 1), full) < 1e-5
