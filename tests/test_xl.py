@@ -93,7 +93,8 @@ def test_full_sequence_matches_paper(T):
     mixer = make(mem_len=T, clamp_len=9)
     x = torch.randn(2, T, D)
     y, _ = mixer(x)
-    assert rel_err(y, paper_reference(mixer, x, memory=torch.zeros(2, T, D), valid_mem=torch.zeros(2, T, dtype=torch.bool))) < 1e-5
+    empty = torch.zeros(2, T, D), torch.zeros(2, T, dtype=torch.bool)
+    assert rel_err(y, paper_reference(mixer, x, *empty)) < 1e-5
     assert rel_err(y, paper_reference(mixer, x)) < 1e-5  # empty slots are never read
 
 
@@ -145,7 +146,8 @@ def test_lm_memory_reaches_xl_layers():
     from lamina.config import from_dict
     from lamina.models.lm import LM, ModelConfig
 
-    model = LM(from_dict(ModelConfig, {"d_model": D, "layers": ["xl", "xl"], "mixers": {"xl": {"heads": 4, "mem_len": 8}}}, "model"), 256)
+    config = {"d_model": D, "layers": ["xl", "xl"], "mixers": {"xl": {"heads": 4, "mem_len": 8}}}
+    model = LM(from_dict(ModelConfig, config, "model"), 256)
     assert [m.mem_len for m in model.memory_layers()] == [8, 8]
     with model.memory(mem_len=20):
         assert model.state_size() == 2 * 20 * D
