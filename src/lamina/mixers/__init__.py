@@ -15,6 +15,7 @@ from lamina.mixers import (  # noqa: F401  (registration)
     retnet,
     rglru,
     rnn,
+    xl,
 )
 from lamina.mixers.base import Mixer, State, detach_state, mixer_class, mixer_names, register, reset_state
 from lamina.mixers.forms import choose_form, use_form
