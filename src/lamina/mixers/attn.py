@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lamina.errors import LaminaError
+from lamina.mixers import kv_memory
 from lamina.mixers.base import Mixer, State, register
 from lamina.ops.rotary import rotary
 
@@ -71,9 +72,7 @@ class Attention(Mixer):
         if k_mem.shape[1] != self.mem_len:
             raise ValueError(f"attn state holds {k_mem.shape[1]} tokens but mem_len is {self.mem_len}")
         M = self.mem_len
-        k_all = torch.cat([k_mem.to(k.dtype), k], dim=1)
-        v_all = torch.cat([v_mem.to(v.dtype), v], dim=1)
-        valid = torch.cat([valid_mem, torch.ones(B, T, dtype=torch.bool, device=x.device)], dim=1)
+        (k_all, v_all), valid = kv_memory.extend((k_mem, v_mem), (k, v), valid_mem)
 
         positions = torch.arange(M + T, device=x.device)
         base = self.options.rope_base
@@ -83,19 +82,9 @@ class Attention(Mixer):
         if M == 0 and self.options.window is None:
             y = F.scaled_dot_product_attention(qr, kr, vt, is_causal=True)
         else:
-            y = F.scaled_dot_product_attention(qr, kr, vt, attn_mask=self._mask(valid, M, T))
+            y = F.scaled_dot_product_attention(qr, kr, vt, attn_mask=kv_memory.causal_mask(valid, T, self.options.window))
         y = self.out(y.transpose(1, 2).reshape(B, T, self.d_model))
-        new_state = (k_all[:, T:].to(k_mem.dtype), v_all[:, T:].to(v_mem.dtype), valid[:, T:])  # kept in fp32
-        return y, new_state
-
-    def _mask(self, valid: torch.Tensor, M: int, T: int) -> torch.Tensor:
-        """``[B, 1, T, M+T]`` boolean: causal, inside the window, and a real (not empty) memory slot."""
-        query = torch.arange(T, device=valid.device)[:, None] + M
-        key = torch.arange(M + T, device=valid.device)[None, :]
-        allowed = key <= query
-        if self.options.window is not None:
-            allowed = allowed & (query - key < self.options.window)
-        return (allowed[None] & valid[:, None, :])[:, None]
+        return y, kv_memory.keep_last(state, (k_all, v_all, valid))  # kept in fp32
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         y, state = self.forward_parallel(x[:, None], state)
