@@ -158,3 +158,21 @@ def test_generation_with_sinks_keeps_constant_memory():
     tokens = generate(model, torch.randint(0, 257, (20,)), max_new_tokens=300, context=8, seed=0)
     assert len(tokens) == 300 and len(sizes) == 3 + 300
     assert len(set(sizes)) == 1  # the state never grows
+
+
+def test_sinks_under_padding_resets_and_bf16():
+    from mixer_harness import check_masks_are_exact
+
+    mixer = make(mem_len=5, window=6, sinks=2)
+    valid = torch.ones(3, 21, dtype=torch.bool)
+    valid[0, :4] = False
+    valid[2, 9:12] = False
+    resets = torch.zeros(3, 21, dtype=torch.bool)
+    resets[1, 8] = resets[2, 14] = True  # later documents get their own sinks
+    check_masks_are_exact(mixer, torch.randn(3, 21, D), valid, resets)
+    x = torch.randn(2, 17, D)
+    want, _ = mixer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, state = mixer(x)
+    assert all(t.dtype in (torch.float32, torch.bool) for t in state)
+    assert rel_err(y.float(), want) < 5e-2

@@ -24,7 +24,7 @@ def make(**options):
 
 @torch.no_grad()
 def paper_fox(mixer, x, window=None):
-    """Lin et al. 2025, section 2, with explicit loops in float64:
+    """Lin et al. 2025, section 3, with explicit loops in float64:
     ``o_i = sum_j exp(q_i.k_j / sqrt(d) + sum_{l=j+1..i} log f_l) v_j / sum_j exp(...)``
     over ``j <= i`` (and ``i - j < window``), ``f_t = sigmoid(w_f . x_t + b_f)``."""
     x = x.double()

@@ -2,10 +2,10 @@
 Softmax Attention with a Forget Gate").
 
 Causal softmax attention whose logits get the log forget gates summed between
-key and query (section 2):
+key and query (section 3, "Forgetting Attention"):
 ``score_ij = q_i . k_j / sqrt(d) + sum_{j < l <= i} log f_l`` with a scalar
 gate per head and token ``f_t = sigmoid(w_f . x_t + b_f)``. The gate is a
-data-dependent recency bias, so no position embedding is used (section 2).
+data-dependent recency bias, so no position embedding is used (section 3).
 The bias matrix comes from :func:`lamina.ops.decay_bias.forget_bias` (each span
 summed on its own, exact in fp32) and goes to
 ``scaled_dot_product_attention`` as a float mask.

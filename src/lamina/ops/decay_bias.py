@@ -1,9 +1,9 @@
 """Attention logit biases made of log gates summed between key and query.
 
-The Forgetting Transformer (Lin et al. 2025, section 2) adds
+The Forgetting Transformer (Lin et al. 2025, section 3) adds
 ``D_ij = sum_{j < l <= i} log f_l`` to the logit of query ``i`` and key ``j``.
-Each span is summed on its own (the "segsum" of Mamba2's SSD, Dao and Gu 2024,
-section 6) instead of taken as a difference ``F_i - F_j`` of one running
+Each span is summed on its own (the "segsum" of Mamba2's SSD, Dao and Gu 2024)
+instead of taken as a difference ``F_i - F_j`` of one running
 cumulative sum: all terms are ``<= 0``, so a sum of them is exact to rounding,
 whereas the difference loses ``|F| * 1e-7`` in fp32 and ``|F|`` grows with the
 segment length.
