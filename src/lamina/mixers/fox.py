@@ -14,7 +14,9 @@ The state is a key/value memory of the last ``mem_len`` tokens as in
 :mod:`lamina.mixers.attn`, plus for each memory key the sum of ``log f`` from
 it to the segment boundary, so the bias to memory keys is exact across
 segments: with ``mem_len`` covering the history (or ``window - 1``), chunked
-and token-by-token runs equal the full one.
+and token-by-token runs equal the full one. The bias is made in fp32 and
+given to the attention kernel in the queries' dtype (bf16 under autocast),
+like the logits it is added to.
 """
 
 from __future__ import annotations
