@@ -19,7 +19,7 @@ section 3.2), which keep a windowed model stable on unbounded streams. As
 there (section 3.2, "positions within the cache"), a query's position is the
 number of keys it sees before it (sinks first, then its window), each sink
 sits at its slot index, and window keys keep their distances to the query. A
-sink's distance to a query thus depends on the query alone, which a single
+sink's distance to a query thus depends on how many keys that query sees, which a single
 rotation of the keys cannot express: the sink scores use a second copy of the
 query rotated to its cache position, against the sink keys in a second half of
 the head dimension (zeros elsewhere), so one ``scaled_dot_product_attention``
