@@ -91,3 +91,88 @@ def test_reset_state_forgets():
 def test_long_stream_finite():
     mixer = make(mem_len=64, window=128)
     assert_finite_stream(mixer, D, total=100_000, chunk=4096)
+
+
+@torch.no_grad()
+def naive_sinks(mixer, x, sinks, window):
+    """Float64 StreamingLLM attention, query by query: keys ``j <= i`` with ``j < sinks`` or ``i - j < window``,
+    at their positions within the cache (sinks at their index, then the window; the query after its keys)."""
+    x = x.double()
+    B, T, _ = x.shape
+    H, Dh = mixer.heads, mixer.head_dim
+    q, k, v = (x @ mixer.qkv.weight.double().T).view(B, T, 3, H, Dh).unbind(2)
+    out = torch.zeros(B, T, H, Dh, dtype=torch.float64)
+    for i in range(T):
+        keys = [j for j in range(i + 1) if j < sinks or i - j < window]
+        positions = torch.arange(len(keys))  # the cache: sinks, then the window in order
+        qi = rotary(q[:, i : i + 1], positions[-1:])
+        ki = rotary(k[:, keys], positions)
+        scores = torch.einsum("bhd,bshd->bhs", qi[:, 0], ki) / math.sqrt(Dh)
+        out[:, i] = torch.einsum("bhs,bshd->bhd", scores.softmax(-1), v[:, keys])
+    return out.reshape(B, T, H * Dh) @ mixer.out.weight.double().T
+
+
+@pytest.mark.parametrize("sinks,window,T", [(1, 4, 23), (3, 6, 29)])
+def test_sinks_match_streaming_reference_in_every_form(sinks, window, T):
+    mixer = make(mem_len=window - 1, window=window, sinks=sinks)
+    x = torch.randn(2, T, D)
+    want = naive_sinks(mixer, x, sinks, window)
+    y, _ = mixer(x)
+    assert rel_err(y, want) < 1e-5
+    for sizes in ([2, 5, 1, 7, T - 15], [1] * T):
+        y, _ = run_in_chunks(mixer, x, sizes)
+        assert rel_err(y, want) < 1e-5, sizes
+    check_forms_agree(mixer, x, tol=1e-5, chunk=3)
+
+
+def test_sinks_need_a_window():
+    from lamina.errors import LaminaError
+
+    with pytest.raises(LaminaError, match="sinks"):
+        make(sinks=4)
+    with pytest.raises(LaminaError, match="sinks"):
+        make(sinks=-1, window=8)
+
+
+def test_sink_state_is_fixed_and_counts_its_slots():
+    mixer = make(mem_len=7, window=8, sinks=3)
+    state = mixer.init_state(2)
+    assert mixer.state_size() == 2 * (7 + 3) * D
+    _, new = mixer(torch.randn(2, 2, D), state)
+    assert [s.shape for s in new] == [s.shape for s in state]
+    assert new[5].sum(1).tolist() == [2, 2]  # two of three sink slots filled
+    _, new = mixer(torch.randn(2, 5, D), new)
+    assert new[5].sum(1).tolist() == [3, 3]
+
+
+def test_generation_with_sinks_keeps_constant_memory():
+    from lamina.config import ModelConfig
+    from lamina.eval import generate
+    from lamina.models import LM
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=32, layers=["attn"], mixers={"attn": {"heads": 2, "mem_len": 15, "window": 16, "sinks": 4}})
+    model = LM(cfg, 257).eval()
+    sizes = []
+    model.blocks[0].mixer.register_forward_hook(lambda m, args, out: sizes.append(sum(t.numel() for t in out[1])))
+    tokens = generate(model, torch.randint(0, 257, (20,)), max_new_tokens=300, context=8, seed=0)
+    assert len(tokens) == 300 and len(sizes) == 3 + 300
+    assert len(set(sizes)) == 1  # the state never grows
+
+
+def test_sinks_under_padding_resets_and_bf16():
+    from mixer_harness import check_masks_are_exact
+
+    mixer = make(mem_len=5, window=6, sinks=2)
+    valid = torch.ones(3, 21, dtype=torch.bool)
+    valid[0, :4] = False
+    valid[2, 9:12] = False
+    resets = torch.zeros(3, 21, dtype=torch.bool)
+    resets[1, 8] = resets[2, 14] = True  # later documents get their own sinks
+    check_masks_are_exact(mixer, torch.randn(3, 21, D), valid, resets)
+    x = torch.randn(2, 17, D)
+    want, _ = mixer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, state = mixer(x)
+    assert all(t.dtype in (torch.float32, torch.bool) for t in state)
+    assert rel_err(y.float(), want) < 5e-2

@@ -6,6 +6,7 @@ Importing this package registers every built-in mixer.
 from lamina.mixers import (  # noqa: F401  (registration)
     attn,
     deltanet,
+    fox,
     gla,
     hgrn,
     hgrn2,

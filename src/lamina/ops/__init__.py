@@ -8,6 +8,7 @@ elementwise and have one form.
 """
 
 from lamina.ops.conv import causal_conv, causal_conv_reference, causal_conv_step
+from lamina.ops.decay_bias import forget_bias, segsum
 from lamina.ops.delta import delta_rule, delta_rule_chunk, delta_rule_reference, delta_rule_step
 from lamina.ops.gates import candidate_g, interpolation_gates, log_sigmoid, lru_normalizer, normalized_gates
 from lamina.ops.gla import gla, gla_chunk, gla_reference, gla_step
@@ -22,6 +23,7 @@ __all__ = [
     "delta_rule_chunk",
     "delta_rule_reference",
     "delta_rule_step",
+    "forget_bias",
     "gla",
     "gla_chunk",
     "gla_reference",
@@ -34,4 +36,5 @@ __all__ = [
     "log_sigmoid",
     "lru_normalizer",
     "normalized_gates",
+    "segsum",
 ]

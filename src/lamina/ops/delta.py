@@ -63,6 +63,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lamina.ops.decay_bias import segsum
 from lamina.ops.precision import acc_dtype, check_matrix_state_inputs, outside_autocast
 
 # Forward + backward on 2 CPU cores (B, H, K = V, T) = (4, 4, 64, 1024 | 8192) and
@@ -129,18 +130,6 @@ def delta_rule_step(q_t, k_t, v_t, beta_t, g_t, state, *, scale=None):
     return out.to(q_t.dtype), S
 
 
-def _segsum(g: torch.Tensor) -> torch.Tensor:
-    """``[..., L] -> [..., L, L]``: ``sum_{s < r <= t} g_r`` for ``s <= t``, ``-inf`` above the diagonal.
-
-    Each entry is summed over its own segment (no difference of cumulative sums),
-    so it is exact to rounding and never positive.
-    """
-    L = g.shape[-1]
-    ones = torch.ones(L, L, dtype=torch.bool, device=g.device)
-    terms = g[..., :, None].expand(*g.shape, L).masked_fill(~ones.tril(-1), 0.0)  # [t, s] = g_t for t > s
-    return terms.cumsum(-2).masked_fill(~ones.tril(), float("-inf"))
-
-
 @outside_autocast
 def delta_rule_chunk(
     q, k, v, beta, g=None, *, scale=None, initial_state=None, output_final_state=False, chunk_size=DEFAULT_CHUNK
@@ -182,7 +171,7 @@ def delta_rule_chunk(
     else:
         gc = blocks(g)
         G = gc.cumsum(-1)  # log decay from the chunk's start, through t
-        decay = torch.exp(_segsum(gc))  # exp(G_t - G_s) on and below the diagonal, 0 above
+        decay = torch.exp(segsum(gc))  # exp(G_t - G_s) on and below the diagonal, 0 above
         M, attn = (kk * decay).tril(-1), qk * decay
         k_scaled = kb * torch.exp(G)[..., None]
         k_to_end = kc * decay[..., -1, :, None]  # exp(G_L - G_s) k_s
