@@ -24,6 +24,7 @@ def data(B, T, seed):
 @pytest.mark.parametrize("name", mixer_names())
 @pytest.mark.parametrize("T", [1, 19])
 def test_forms_agree(name, T):
+    # segment-level mixers (base.py): each split into calls against a float64 copy under the same split
     check_forms_agree(build(name), data(2, T, seed=T))
 
 

@@ -10,6 +10,7 @@ from lamina.mixers import (  # noqa: F401  (registration)
     gla,
     hgrn,
     hgrn2,
+    infini,
     linear_attn,
     mamba2,
     minrnn,

@@ -5,6 +5,16 @@ A mixer maps ``(x, state) -> (y, state')`` with ``x`` and ``y`` of shape
 batch; it is fixed in shape for the mixer's life, so it can be reset per
 sequence, detached between segments and saved in a checkpoint without knowing
 what is inside. Zeros everywhere is the empty state.
+
+Most mixers are token-level recurrences: any split of a sequence into calls
+with carried state computes the same function. Segment-level mixers
+(``segment_level = True``: Infini-attention, the Block-Recurrent Transformer)
+update their state once per call, from the whole call, as their papers do per
+segment: for them a call *is* a segment, chunked runs differ from the full run
+by design, and the generic tests compare each form with a float64 copy under
+the same segmentation instead of across segmentations. Under padding and
+document masks a call is cut into spans (:func:`mask_spans`); each span is
+then one segment.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ class Mixer(nn.Module, abc.ABC):
     """
 
     forms: ClassVar[tuple[str, ...]] = ("recurrent",)
+    # True where the state is updated once per call from the whole call (see the module docstring).
+    segment_level: ClassVar[bool] = False
     Options: ClassVar[type] = None  # a dataclass of the mixer's options
     # Parameters shared by every layer of this mixer in a model (name -> init(n_layers, d_model)).
     shared_parameters: ClassVar[dict[str, Callable[[int, int], torch.Tensor]]] = {}
@@ -140,12 +152,8 @@ def run_masked(run, x: torch.Tensor, state, valid: torch.Tensor | None, resets: 
             raise ValueError(f"{name} must be a [B, T] = [{B}, {T}] bool mask, got {tuple(mask.shape)}")
     valid = torch.ones(B, T, dtype=torch.bool, device=x.device) if valid is None else valid.to(x.device, torch.bool)
     resets = torch.zeros(B, T, dtype=torch.bool, device=x.device) if resets is None else resets.to(x.device, torch.bool)
-    cut = resets.any(0)
-    cut[0] = True
-    cut[1:] |= (valid[:, 1:] != valid[:, :-1]).any(0)
-    starts = cut.nonzero().flatten().tolist() + [T]
     outputs = []
-    for a, b in zip(starts[:-1], starts[1:]):
+    for a, b in mask_spans(valid, resets):
         if resets[:, a].any():
             state = reset_state(state, ~resets[:, a])
         y, new = run(x[:, a:b], state)
@@ -153,6 +161,19 @@ def run_masked(run, x: torch.Tensor, state, valid: torch.Tensor | None, resets: 
         state = select_state(live, new, state)
         outputs.append(y * live.view(B, 1, 1).to(y.dtype))
     return torch.cat(outputs, dim=1), state
+
+
+def mask_spans(valid: torch.Tensor, resets: torch.Tensor) -> list[tuple[int, int]]:
+    """The ``[a, b)`` spans :func:`run_masked` cuts ``[B, T]`` masks into.
+
+    A span starts at 0, at every document start of any row and wherever any
+    row switches between real tokens and padding.
+    """
+    cut = resets.any(0)
+    cut[0] = True
+    cut[1:] |= (valid[:, 1:] != valid[:, :-1]).any(0)
+    starts = cut.nonzero().flatten().tolist() + [valid.shape[1]]
+    return list(zip(starts[:-1], starts[1:]))
 
 
 def flatten_state(state, prefix: str = "state") -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ with the signature ``op(..., *, initial_state=None, output_final_state=False)
 elementwise and have one form.
 """
 
+from lamina.ops.compressive import compressive_memory
 from lamina.ops.conv import causal_conv, causal_conv_reference, causal_conv_step
 from lamina.ops.decay_bias import forget_bias, segsum
 from lamina.ops.delta import delta_rule, delta_rule_chunk, delta_rule_reference, delta_rule_step
@@ -17,6 +18,7 @@ from lamina.ops.scan import gated_scan, gated_scan_chunk, gated_scan_reference, 
 __all__ = [
     "candidate_g",
     "causal_conv",
+    "compressive_memory",
     "causal_conv_reference",
     "causal_conv_step",
     "delta_rule",

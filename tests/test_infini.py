@@ -1,0 +1,144 @@
+"""Infini-attention against the paper's equations (Munkhdalai et al. 2024, section 2), written out in float64."""
+
+import math
+
+import pytest
+import torch
+
+from lamina.errors import LaminaError
+from lamina.mixers import mixer_class
+from lamina.mixers.base import flatten_state, unflatten_state
+from lamina.mixers.infini import InfiniOptions
+from mixer_harness import assert_finite_stream, check_forms_agree, rel_err, run_in_chunks
+
+D = 32
+
+
+def make(**options):
+    torch.manual_seed(0)
+    mixer = mixer_class("infini")(D, InfiniOptions(heads=4, **options))
+    with torch.no_grad():  # beta starts at zero: make the gate differ per head
+        mixer.beta.normal_()
+    return mixer
+
+
+def sigma(x):
+    return torch.where(x > 0, x + 1, torch.exp(x))  # elu(x) + 1
+
+
+def rotate(x, pos, base=10000.0):
+    """RoFormer rotation of channel pairs (n, n + Dh/2) by pos * base^(-2n/Dh), one vector."""
+    half = x.shape[0] // 2
+    out = x.clone()
+    for n in range(half):
+        angle = pos * base ** (-2 * n / x.shape[0])
+        c, s = math.cos(angle), math.sin(angle)
+        out[n] = x[n] * c - x[n + half] * s
+        out[n + half] = x[n + half] * c + x[n] * s
+    return out
+
+
+def paper_reference(mixer, segments):
+    """Equations (1)-(10) of section 2, one segment, head and token at a time, in float64."""
+    H, Dh = mixer.heads, mixer.head_dim
+    w_qkv, w_o = mixer.qkv.weight.double(), mixer.out.weight.double()
+    gate = torch.sigmoid(mixer.beta.double())
+    B = segments[0].shape[0]
+    M = torch.zeros(B, H, Dh, Dh, dtype=torch.float64)
+    z = torch.zeros(B, H, Dh, dtype=torch.float64)
+    outputs = []
+    for x in segments:
+        x = x.double()
+        T = x.shape[1]
+        q, k, v = (x @ w_qkv.T).view(B, T, 3, H, Dh).unbind(2)
+        A = torch.zeros(B, T, H, Dh, dtype=torch.float64)
+        M_new, z_new = M.clone(), z.clone()
+        for b in range(B):
+            for h in range(H):
+                for i in range(T):
+                    # local dot-product attention, causal inside the segment
+                    qi = rotate(q[b, i, h], i) if mixer.options.rope else q[b, i, h]
+                    scores = torch.stack([
+                        qi @ (rotate(k[b, j, h], j) if mixer.options.rope else k[b, j, h]) / math.sqrt(Dh)
+                        for j in range(i + 1)
+                    ])
+                    a_dot = scores.softmax(0) @ v[b, : i + 1, h]
+                    # memory retrieval with the memory of the previous segments
+                    sq = sigma(q[b, i, h])
+                    den = sq @ z[b, h]
+                    a_mem = (sq @ M[b, h]) / den if den > 0 else torch.zeros(Dh, dtype=torch.float64)
+                    A[b, i, h] = gate[h] * a_mem + (1 - gate[h]) * a_dot
+                # memory update with the whole segment
+                for t in range(T):
+                    sk = sigma(k[b, t, h])
+                    target = v[b, t, h]
+                    if mixer.options.update == "delta" and sk @ z[b, h] > 0:
+                        target = target - (sk @ M[b, h]) / (sk @ z[b, h])
+                    M_new[b, h] += torch.outer(sk, target)
+                    z_new[b, h] += sk
+        M, z = M_new, z_new
+        outputs.append(A.reshape(B, T, H * Dh) @ w_o.T)
+    return torch.cat(outputs, dim=1), (M, z)
+
+
+@pytest.mark.parametrize("options", [{}, {"update": "delta"}, {"rope": False}, {"update": "delta", "rope": False}])
+def test_matches_paper_over_segments(options):
+    mixer = make(**options)
+    sizes = [7, 1, 12, 5]
+    x = torch.randn(2, sum(sizes), D)
+    y, (M, z) = run_in_chunks(mixer, x, sizes)
+    want, (M0, z0) = paper_reference(mixer, list(x.split(sizes, dim=1)))
+    assert rel_err(y, want) < 1e-5
+    assert rel_err(M, M0) < 1e-5 and rel_err(z, z0) < 1e-5
+    assert M.dtype == torch.float32 and z.dtype == torch.float32
+
+
+def test_first_segment_is_local_attention_only():
+    """An empty memory reads as zeros: the first segment is (1 - sigmoid(beta)) times local attention."""
+    mixer = make()
+    x = torch.randn(2, 9, D)
+    with torch.no_grad():
+        mixer.beta.fill_(-30.0)
+        local, _ = mixer(x)
+        mixer.beta.fill_(30.0)
+        memory_only, _ = mixer(x)
+    assert local.abs().sum() > 0 and memory_only.abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
+def test_forms_and_gradients_against_float64(update):
+    check_forms_agree(make(update=update), torch.randn(2, 23, D), chunk=4)
+
+
+def test_chunks_are_segments_not_the_full_run():
+    """By design (segment-level recurrence) a chunked run differs from the full run after the first chunk."""
+    mixer = make()
+    x = torch.randn(2, 20, D)
+    full, _ = mixer(x)
+    chunked, _ = run_in_chunks(mixer, x, [10, 10])
+    assert rel_err(chunked[:, :10], full[:, :10]) < 1e-6
+    assert rel_err(chunked[:, 10:], full[:, 10:]) > 1e-3
+
+
+def test_state_round_trip():
+    """A state saved flat and loaded back continues the stream exactly; a detached one too."""
+    mixer = make(update="delta")
+    x = torch.randn(2, 30, D)
+    _, state = mixer(x[:, :18])
+    flat = {k: v.clone() for k, v in flatten_state(state).items()}
+    loaded = unflatten_state(mixer.init_state(2), flat)
+    want, s1 = mixer(x[:, 18:], state)
+    got, s2 = mixer(x[:, 18:], loaded)
+    assert torch.equal(got, want) and all(torch.equal(a, b) for a, b in zip(s1, s2))
+    assert mixer.state_size() == D * (D // 4 + 1) == sum(t[0].numel() for t in state)
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
+def test_streams_100k_tokens(update):
+    assert_finite_stream(make(update=update), D, total=100_000, chunk=2048)
+
+
+@pytest.mark.parametrize("options", [{"update": "hebbian"}, {"heads": 5}, {"heads": 0}])
+def test_bad_options(options):
+    with pytest.raises(LaminaError, match="infini"):
+        mixer_class("infini")(D, InfiniOptions(**options))
