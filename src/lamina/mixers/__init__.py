@@ -5,6 +5,7 @@ Importing this package registers every built-in mixer.
 
 from lamina.mixers import (  # noqa: F401  (registration)
     attn,
+    block_recurrent,
     deltanet,
     fox,
     gla,

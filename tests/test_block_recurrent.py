@@ -1,0 +1,136 @@
+"""Block-Recurrent Transformer against the paper's equations (Hutchins et al. 2022, section 3), in float64."""
+
+import math
+
+import pytest
+import torch
+
+from lamina.errors import LaminaError
+from lamina.mixers import mixer_class
+from lamina.mixers.base import flatten_state, unflatten_state
+from lamina.mixers.block_recurrent import BlockRecurrentOptions
+from mixer_harness import assert_finite_stream, check_forms_agree, rel_err, run_in_chunks
+
+D = 32
+
+
+def make(**options):
+    torch.manual_seed(0)
+    mixer = mixer_class("block_recurrent")(D, BlockRecurrentOptions(heads=4, n_state=3, **options))
+    with torch.no_grad():  # make the gate biases count in the checks
+        mixer.gate.bias.add_(0.3 * torch.randn(3 * D))
+    return mixer
+
+
+def rotate(x, pos, base=10000.0):
+    """RoFormer rotation of channel pairs (n, n + Dh/2) by pos * base^(-2n/Dh), one vector."""
+    half = x.shape[0] // 2
+    out = x.clone()
+    for n in range(half):
+        angle = pos * base ** (-2 * n / x.shape[0])
+        c, s = math.cos(angle), math.sin(angle)
+        out[n] = x[n] * c - x[n + half] * s
+        out[n + half] = x[n + half] * c + x[n] * s
+    return out
+
+
+def attend(q, keys, values):
+    """One query against a list of keys: softmax(q . k / sqrt(d)) weighted values."""
+    scores = torch.stack([q @ k for k in keys]) / math.sqrt(q.shape[0])
+    return scores.softmax(0) @ torch.stack(values)
+
+
+def paper_reference(mixer, blocks):
+    """Section 3 one block, sequence, head and vector at a time, in float64."""
+    H, Dh, N = mixer.heads, mixer.head_dim, mixer.options.n_state
+    W = {n: p.detach().double() for n, p in mixer.named_parameters()}
+    B = blocks[0].shape[0]
+    c = torch.zeros(B, N, D, dtype=torch.float64)
+    outputs = []
+    for x in blocks:
+        x = x.double()
+        T = x.shape[1]
+        y = torch.zeros(B, T, D, dtype=torch.float64)
+        new_c = torch.zeros_like(c)
+        for b in range(B):
+            s = c[b] + W["state_ids"]  # state vectors with their IDs
+            tq, tkv = x[b] @ W["token_q.weight"].T, x[b] @ W["token_kv.weight"].T
+            sq, skv = s @ W["state_q.weight"].T, s @ W["state_kv.weight"].T
+            tok_self, tok_cross = torch.zeros(T, D, dtype=torch.float64), torch.zeros(T, D, dtype=torch.float64)
+            st_self, st_cross = torch.zeros(N, D, dtype=torch.float64), torch.zeros(N, D, dtype=torch.float64)
+            for h in range(H):
+                head = slice(h * Dh, (h + 1) * Dh)
+                q1, q2 = tq[:, head], tq[:, D + h * Dh : D + (h + 1) * Dh]
+                kx, vx = tkv[:, head], tkv[:, D + h * Dh : D + (h + 1) * Dh]
+                qs1, qs2 = sq[:, head], sq[:, D + h * Dh : D + (h + 1) * Dh]
+                ks, vs = skv[:, head], skv[:, D + h * Dh : D + (h + 1) * Dh]
+                pos = mixer.options.rope
+                for i in range(T):
+                    qi = rotate(q1[i], i) if pos else q1[i]
+                    keys = [rotate(kx[j], j) if pos else kx[j] for j in range(i + 1)]
+                    tok_self[i, head] = attend(qi, keys, list(vx[: i + 1]))
+                    tok_cross[i, head] = attend(q2[i], list(ks), list(vs))
+                for n in range(N):
+                    st_self[n, head] = attend(qs1[n], list(ks), list(vs))
+                    st_cross[n, head] = attend(qs2[n], list(kx), list(vx))
+            y[b] = torch.cat([tok_self, tok_cross], -1) @ W["out.weight"].T
+            hidden = torch.cat([st_self, st_cross], -1) @ W["state_out.weight"].T
+            g = hidden @ W["gate.weight"].T + W["gate.bias"]
+            z, i_gate, f_gate = g[:, :D], g[:, D : 2 * D], g[:, 2 * D :]
+            new_c[b] = c[b] * torch.sigmoid(f_gate) + torch.tanh(z) * torch.sigmoid(i_gate)
+        c = new_c
+        outputs.append(y)
+    return torch.cat(outputs, dim=1), c
+
+
+@pytest.mark.parametrize("options", [{}, {"rope": False}])
+def test_matches_paper_over_blocks(options):
+    mixer = make(**options)
+    sizes = [6, 1, 9, 4]
+    x = torch.randn(2, sum(sizes), D)
+    y, (c,) = run_in_chunks(mixer, x, sizes)
+    want, c0 = paper_reference(mixer, list(x.split(sizes, dim=1)))
+    assert rel_err(y, want) < 1e-5 and rel_err(c, c0) < 1e-5
+    assert c.dtype == torch.float32
+
+
+def test_gate_starts_remembering():
+    """Forget bias +1, input bias -1: at initialisation the gate keeps most of the old state."""
+    mixer = mixer_class("block_recurrent")(D, BlockRecurrentOptions())
+    b = mixer.gate.bias.detach()
+    assert torch.all(b[2 * D :] == 1) and torch.all(b[D : 2 * D] == -1) and torch.all(b[:D] == 0)
+
+
+def test_forms_and_gradients_against_float64():
+    check_forms_agree(make(), torch.randn(2, 21, D), chunk=4)
+
+
+def test_chunks_are_blocks_not_the_full_run():
+    """By design (block-level recurrence) a chunked run differs from the full run after the first block."""
+    mixer = make()
+    x = torch.randn(2, 20, D)
+    full, _ = mixer(x)
+    chunked, _ = run_in_chunks(mixer, x, [10, 10])
+    assert rel_err(chunked[:, :10], full[:, :10]) < 1e-6
+    assert rel_err(chunked[:, 10:], full[:, 10:]) > 1e-3
+
+
+def test_state_round_trip():
+    mixer = make()
+    x = torch.randn(2, 30, D)
+    _, state = mixer(x[:, :18])
+    loaded = unflatten_state(mixer.init_state(2), {k: v.clone() for k, v in flatten_state(state).items()})
+    want, s1 = mixer(x[:, 18:], state)
+    got, s2 = mixer(x[:, 18:], loaded)
+    assert torch.equal(got, want) and torch.equal(s1[0], s2[0])
+    assert mixer.state_size() == 3 * D == state[0][0].numel()
+
+
+def test_streams_100k_tokens():
+    assert_finite_stream(make(), D, total=100_000, chunk=2048)
+
+
+@pytest.mark.parametrize("options", [{"n_state": 0}, {"heads": 5}, {"heads": 0}])
+def test_bad_options(options):
+    with pytest.raises(LaminaError, match="block_recurrent"):
+        mixer_class("block_recurrent")(D, BlockRecurrentOptions(**options))
