@@ -8,7 +8,8 @@ import torch
 
 from lamina.cli import main
 from lamina.data import ByteTokenizer, WordTokenizer
-from lamina.data.passkey import FILLER, KEY_LINE, QUESTION, passkey_accuracy, passkey_prompt
+from lamina.data.passkey import FILLER, KEY_LINE, QUESTION, passkey_prompt
+from lamina.eval import passkey_accuracy
 from lamina.errors import LaminaError
 
 BYTES = ByteTokenizer()

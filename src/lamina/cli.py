@@ -127,7 +127,7 @@ def _print_buckets(result, unit: str) -> None:
 
 
 def _passkey(model, tokenizer, context: int, args) -> int:
-    from lamina.data.passkey import passkey_accuracy
+    from lamina.eval import passkey_accuracy
 
     lengths = _int_list(args.passkey, "--passkey")
     if args.passkey_trials < 1:
@@ -151,7 +151,8 @@ def cmd_eval(args) -> int:
     model, tokenizer, cfg = load_model(args.checkpoint, device)
     tgt_len = args.tgt_len or cfg.train.seq_len
     if args.passkey:
-        return _passkey(model, tokenizer, tgt_len, args)
+        with model.memory(mem_len=args.mem_len):
+            return _passkey(model, tokenizer, tgt_len, args)
     corpus = load_corpus(cfg.data.corpus, args.data_dir or cfg.data.data_dir, cfg.data.download)
     tokens = encode_split(tokenizer, corpus, args.split)
     unit = metric_unit(corpus, tokenizer)

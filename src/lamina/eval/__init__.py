@@ -3,6 +3,7 @@
 from lamina.eval.evaluate import BucketResult, EvalResult, autocast_for, evaluate, loss_by_position
 from lamina.eval.generate import generate, sample_next
 from lamina.eval.metrics import format_metric, metric_value
+from lamina.eval.passkey import passkey_accuracy
 
 __all__ = [
     "BucketResult",
@@ -13,5 +14,6 @@ __all__ = [
     "generate",
     "loss_by_position",
     "metric_value",
+    "passkey_accuracy",
     "sample_next",
 ]
