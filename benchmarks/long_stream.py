@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16, help="parallel streams")
     parser.add_argument("--tgt-len", type=int, default=512, help="segment length")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared machine more spin-wait)")
     parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--stream", help=argparse.SUPPRESS)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
@@ -128,6 +128,12 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['stream_tokens']:,} | {r['peak_rss_mib']:.1f} | {r['rss_before_eval_mib']:.1f} | "
                      f"{r['token_ids_mib']:.1f} | {r['tokens_per_s']:,.0f} | {r['bits_per_byte']:.3f} |")
+    if len(rows) > 1:
+        a, b = rows[-2], rows[-1]
+        lines += ["", f"From {a['stream_tokens']:,} to {b['stream_tokens']:,} tokens the peak RSS grows by "
+                  f"{b['peak_rss_mib'] - a['peak_rss_mib']:.1f} MiB, of which {b['token_ids_mib'] - a['token_ids_mib']:.1f} MiB "
+                  "is the larger array of int64 token ids and the rest allocator variation: the evaluation itself holds one segment's logits "
+                  f"({args.batch} x {args.tgt_len} x 257 floats) and running sums. Tokens/s on a shared machine are indicative only."]
     (RESULTS / "long-stream-cpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

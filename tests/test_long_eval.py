@@ -88,3 +88,13 @@ def test_stream_positions_count_tokens_read():
 def test_bad_edges(edges):
     with pytest.raises(LaminaError, match="increasing"):
         loss_by_position(tiny_lm(), stream([40]), edges, eos_id=EOS, batch_size=1, tgt_len=8)
+
+
+def test_streaming_keeps_no_graph():
+    """The carried state and the per-target losses hold no autograd graph, even when called with grad enabled."""
+    from lamina.eval.evaluate import _segment_losses
+
+    model, tokens = tiny_lm(), stream([300])
+    for _, i, _, losses in _segment_losses(model, tokens, batch_size=2, tgt_len=16, carry=True, max_tokens=0,
+                                           device=torch.device("cpu"), precision="auto", name="test"):
+        assert not losses.requires_grad

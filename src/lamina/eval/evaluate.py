@@ -94,9 +94,9 @@ def _segment_losses(
     try:
         for i in range(len(batcher)):
             x, y = batcher.segment(i)
-            with autocast_for(device, precision):
+            with torch.no_grad(), autocast_for(device, precision):
                 logits, new_state = model(x.to(device), state if carry else None)
-            losses = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="none")
+                losses = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="none")
             yield batcher, i, x, losses.view(y.shape).cpu()
             state = new_state
     finally:
