@@ -121,9 +121,9 @@ def _print_buckets(result, unit: str) -> None:
     from lamina.eval import format_metric
 
     for (low, high), nats, count in zip(result.ranges(), result.nats(), result.counts):
-        span = f"[{low:,}, {high:,})" if high is not None else f"[{low:,}, end)"
+        span = f"[{low}, {high})" if high is not None else f"[{low}, end)"
         value = f"{format_metric(unit, nats)} (loss {nats:.4f} nats/token)" if count else "no targets"
-        print(f"  positions {span:<22} {count:>12,} tokens  {value}")
+        print(f"  positions {span:<16} {count:>12,} tokens  {value}")
 
 
 def _passkey(model, tokenizer, context: int, args) -> int:
