@@ -1,7 +1,8 @@
 """The ``lamina`` command: train, eval, generate, info.
 
     lamina train [PRESET|FILE.yaml] [key=value ...] [--resume RUN]
-    lamina eval RUN [--split test] [--tgt-len N] [--mem-len N] [--carry both|yes|no]
+    lamina eval RUN [--split test] [--tgt-len N] [--mem-len N] [--carry both|yes|no] [--buckets N,N,...]
+    lamina eval RUN --passkey LEN,LEN,... [--passkey-trials N]
     lamina generate RUN [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
     lamina info [RUN|PRESET] [key=value ...]
 
@@ -106,29 +107,75 @@ def cmd_train(args) -> int:
     return 130 if result.interrupted else 0
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v <= 0 for v in values):
+        raise LaminaError(f"{option} takes positive integers separated by commas (e.g. 128,512,2048), got {text!r}")
+    return values
+
+
+def _print_buckets(result, unit: str) -> None:
+    from lamina.eval import format_metric
+
+    for (low, high), nats, count in zip(result.ranges(), result.nats(), result.counts):
+        span = f"[{low}, {high})" if high is not None else f"[{low}, end)"
+        value = f"{format_metric(unit, nats)} (loss {nats:.4f} nats/token)" if count else "no targets"
+        print(f"  positions {span:<16} {count:>12,} tokens  {value}")
+
+
+def _passkey(model, tokenizer, context: int, args) -> int:
+    from lamina.eval import passkey_accuracy
+
+    lengths = _int_list(args.passkey, "--passkey")
+    if args.passkey_trials < 1:
+        raise LaminaError(f"--passkey-trials must be at least 1, got {args.passkey_trials}")
+    if tokenizer.name != "bytes":
+        print(f"note: the passkey task is meant for byte models; this {tokenizer.name} model reads the key as <unk>")
+    print(f"passkey retrieval, greedy, exact match; prefill in segments of {context} tokens with carried state")
+    for length in lengths:
+        correct, trials = passkey_accuracy(model, tokenizer, length, args.passkey_trials, context, seed=args.seed)
+        print(f"  length {length:>9,}: {correct}/{trials} correct ({100 * correct / trials:.0f}%)")
+    return 0
+
+
 def cmd_eval(args) -> int:
     from lamina.data import encode_split, load_corpus, metric_unit
-    from lamina.eval import evaluate, format_metric
+    from lamina.eval import evaluate, format_metric, loss_by_position
     from lamina.train import load_model, pick_device
 
+    edges = _int_list(args.buckets, "--buckets") if args.buckets else None
     device = pick_device(args.device)
     model, tokenizer, cfg = load_model(args.checkpoint, device)
+    tgt_len = args.tgt_len or cfg.train.seq_len
+    if args.passkey:
+        with model.memory(mem_len=args.mem_len):
+            return _passkey(model, tokenizer, tgt_len, args)
     corpus = load_corpus(cfg.data.corpus, args.data_dir or cfg.data.data_dir, cfg.data.download)
     tokens = encode_split(tokenizer, corpus, args.split)
     unit = metric_unit(corpus, tokenizer)
-    tgt_len = args.tgt_len or cfg.train.seq_len
     modes = [True, False] if args.carry == "both" else [args.carry == "yes"]
     with model.memory(mem_len=args.mem_len):
         mems = sorted(set(m.mem_len for m in model.memory_layers()))
         for carry in modes:
-            result = evaluate(
-                model, tokens, batch_size=args.batch_size, tgt_len=tgt_len, carry=carry, max_tokens=args.max_tokens,
+            common = dict(
+                batch_size=args.batch_size, tgt_len=tgt_len, carry=carry, max_tokens=args.max_tokens,
                 device=device, precision=cfg.train.precision, name=f"{args.split} split of {cfg.data.corpus}",
             )
+            if edges:
+                buckets = loss_by_position(model, tokens, edges, eos_id=tokenizer.eos_id, positions=args.positions, **common)
+                result = buckets.total
+            else:
+                result = evaluate(model, tokens, **common)
             how = "state carried across segments" if carry else "each segment from an empty state"
             mem = f", mem_len {mems[0] if len(mems) == 1 else mems}" if mems else ""
             print(f"{cfg.data.corpus} {args.split}: {format_metric(unit, result.nats)} "
                   f"(loss {result.nats:.4f} nats/token) over {result.tokens:,} tokens; tgt_len {tgt_len}{mem}; {how}")
+            if edges:
+                print(f"  by position within {'document' if args.positions == 'document' else 'evaluation stream'}:")
+                _print_buckets(buckets, unit)
     return 0
 
 
@@ -189,6 +236,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--carry", choices=["both", "yes", "no"], default="both", help="carry state across segments")
     p.add_argument("--batch-size", type=int, default=8, help="parallel streams")
     p.add_argument("--max-tokens", type=int, default=0, help="score only the first N tokens (0: all)")
+    p.add_argument(
+        "--buckets", metavar="N,N,...",
+        help="also report the loss per range of target positions: [0,N1), [N1,N2), ..., [Nk,end); a position is "
+        "counted from the start of the target's document (documents are separated by the tokenizer's eos id; "
+        "for word tokenizers eos ends every line) or, with --positions stream, of its evaluation stream",
+    )
+    p.add_argument("--positions", choices=["document", "stream"], default="document",
+                   help="what --buckets counts positions from (default: document)")
+    p.add_argument(
+        "--passkey", metavar="LEN,LEN,...",
+        help="instead of the corpus loss, passkey retrieval accuracy at these prompt lengths in tokens "
+        "(Landmark Attention's task, meant for byte models; the prompt is read in --tgt-len segments with carried state)",
+    )
+    p.add_argument("--passkey-trials", type=int, default=10, help="prompts per length (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="passkey prompts' seed")
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)

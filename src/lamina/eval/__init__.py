@@ -1,7 +1,19 @@
-"""Evaluation with carried state, metrics, and generation."""
+"""Evaluation with carried state, loss by position, metrics, generation, and passkey retrieval."""
 
-from lamina.eval.evaluate import EvalResult, autocast_for, evaluate
+from lamina.eval.evaluate import BucketResult, EvalResult, autocast_for, evaluate, loss_by_position
 from lamina.eval.generate import generate, sample_next
 from lamina.eval.metrics import format_metric, metric_value
+from lamina.eval.passkey import passkey_accuracy
 
-__all__ = ["EvalResult", "autocast_for", "evaluate", "format_metric", "generate", "metric_value", "sample_next"]
+__all__ = [
+    "BucketResult",
+    "EvalResult",
+    "autocast_for",
+    "evaluate",
+    "format_metric",
+    "generate",
+    "loss_by_position",
+    "metric_value",
+    "passkey_accuracy",
+    "sample_next",
+]
