@@ -65,7 +65,9 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        with model.memory(extra=context - 1 + 2 * getattr(model, "memory_tokens", 0)):
+        segment_memory = getattr(model, "segment_memory", None)
+        span = context if segment_memory is None else max(context, segment_memory.segment_len) + 2 * segment_memory.tokens
+        with model.memory(extra=span - 1):
             state = model.init_state(1, device)
             prompt = prompt.to(device)[None]
             for start in range(0, prompt.shape[1], context):
