@@ -93,6 +93,7 @@ class TrainConfig:
     out_dir: Optional[str] = None  # default: runs/<preset>
     sample_tokens: int = 300  # a sample printed at the end; 0: none
     # segments per optimizer step: the carried state is detached only every bptt_segments segments
+    # (without carried state, e.g. sampling=random, it only averages the loss over that many batches)
     bptt_segments: int = 1
 
     def __post_init__(self):

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lamina.config import ModelConfig
-from lamina.mixers import Mixer, mixer_class
 from lamina.errors import LaminaError
+from lamina.mixers import Mixer, mixer_class
 from lamina.models.memory_tokens import SegmentMemory
 from lamina.models.schedule import LayerSpec, parse_layers
 
