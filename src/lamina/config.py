@@ -41,6 +41,15 @@ class ModelConfig:
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
     vocab_size: int = 0  # 0: taken from the tokenizer
+    # Recurrent Memory Transformer: memory tokens read and written per segment (0: off)
+    memory_tokens: int = 0
+    memory_segment: Optional[int] = None  # tokens per memory segment; null: train.seq_len
+
+    def __post_init__(self):
+        if self.memory_tokens < 0:
+            raise LaminaError(f"model.memory_tokens must be 0 (off) or a positive integer, got {self.memory_tokens}")
+        if self.memory_segment is not None and self.memory_segment < 1:
+            raise LaminaError(f"model.memory_segment must be a positive integer or null, got {self.memory_segment}")
 
 
 @dataclass
@@ -83,6 +92,13 @@ class TrainConfig:
     compile: bool = False
     out_dir: Optional[str] = None  # default: runs/<preset>
     sample_tokens: int = 300  # a sample printed at the end; 0: none
+    # segments per optimizer step: the carried state is detached only every bptt_segments segments
+    # (without carried state, e.g. sampling=random, it only averages the loss over that many batches)
+    bptt_segments: int = 1
+
+    def __post_init__(self):
+        if self.bptt_segments < 1:
+            raise LaminaError(f"train.bptt_segments must be a positive integer, got {self.bptt_segments}")
 
 
 @dataclass
@@ -91,6 +107,10 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.model.memory_tokens and self.model.memory_segment is None:
+            self.model.memory_segment = self.train.seq_len  # memory segments are training segments
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -5,6 +5,13 @@ each new token is a single-token call (the recurrent form), so a recurrent
 model's memory stays constant however long it generates. Attention layers keep
 a sliding key/value memory of ``mem_len + context - 1`` tokens: the most any
 query saw in training.
+
+A model with memory tokens (RMT, :mod:`lamina.models.memory_tokens`) updates
+its memory each time a segment of ``context`` tokens completes: the prompt is
+prefilled in whole segments, and decoded tokens accumulate in the layers'
+states until the segment is full, when the write memory runs. Its attention
+window grows by the ``2m`` memory positions of a segment, so the write
+positions see the whole segment; the decode state stays bounded.
 """
 
 from __future__ import annotations
@@ -58,7 +65,9 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        with model.memory(extra=context - 1):
+        segment_memory = getattr(model, "segment_memory", None)
+        span = context if segment_memory is None else max(context, segment_memory.segment_len) + 2 * segment_memory.tokens
+        with model.memory(extra=span - 1):
             state = model.init_state(1, device)
             prompt = prompt.to(device)[None]
             for start in range(0, prompt.shape[1], context):

@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lamina.config import ModelConfig
+from lamina.errors import LaminaError
 from lamina.mixers import Mixer, mixer_class
+from lamina.models.memory_tokens import SegmentMemory
 from lamina.models.schedule import LayerSpec, parse_layers
 
 
@@ -64,7 +66,15 @@ class Block(nn.Module):
 
 
 class LM(nn.Module):
-    """A causal LM over token ids whose state is the list of its layers' states."""
+    """A causal LM over token ids whose state is the list of its layers' states.
+
+    With ``config.memory_tokens = m > 0`` it is a Recurrent Memory Transformer
+    (see :mod:`lamina.models.memory_tokens`): the ids are read in segments of
+    ``config.memory_segment`` tokens, each run as ``[read memory; tokens;
+    write memory]``, and the state is ``[memory state, layer states]``. A call
+    may hold any number of tokens: pieces of a segment accumulate in the
+    layers' states until it completes, then the write memory runs.
+    """
 
     def __init__(self, config: ModelConfig, vocab_size: int):
         super().__init__()
@@ -80,6 +90,10 @@ class LM(nn.Module):
             for i, s in enumerate(self.specs)
         )
         self.norm = nn.RMSNorm(d, eps=config.norm_eps)
+        self.memory_tokens = config.memory_tokens
+        self.segment_memory = (
+            SegmentMemory(config.memory_tokens, d, config.memory_segment) if config.memory_tokens else None
+        )
         self.head = None if config.tie_embeddings else nn.Linear(d, vocab_size, bias=False)
         self.shared = nn.ParameterDict()
         for block in self.blocks:
@@ -106,11 +120,15 @@ class LM(nn.Module):
 
     # --- state API ----------------------------------------------------------------
     def init_state(self, batch: int, device=None, dtype=None) -> list:
-        return [block.mixer.init_state(batch, device, dtype) for block in self.blocks]
+        layers = [block.mixer.init_state(batch, device, dtype) for block in self.blocks]
+        if self.segment_memory is None:
+            return layers
+        return [self.segment_memory.init_state(batch, device), layers]
 
     def state_size(self) -> int:
-        """Floats carried per sequence between tokens, summed over layers."""
-        return sum(block.mixer.state_size() for block in self.blocks)
+        """Floats carried per sequence between tokens, summed over layers (and the memory tokens)."""
+        size = sum(block.mixer.state_size() for block in self.blocks)
+        return size + (self.segment_memory.state_size() if self.segment_memory is not None else 0)
 
     def memory_layers(self) -> list[Mixer]:
         """The layers whose state is a memory of ``mem_len`` past tokens (attention)."""
@@ -154,13 +172,44 @@ class LM(nn.Module):
             state = self.init_state(ids.shape[0], ids.device)
         masks = {k: v for k, v in (("valid", valid), ("resets", resets)) if v is not None}
         x = self.embed_dropout(self.embed(ids))
+        if self.segment_memory is not None:
+            if masks:
+                raise LaminaError(
+                    "model.memory_tokens > 0 does not take padding or reset masks: "
+                    "memory tokens are read and written per whole segment; use model.memory_tokens=0"
+                )
+            return self._forward_segments(x, state)
+        x, new_state = self._run_blocks(x, state, masks)
+        return self._logits(self.norm(x)), new_state
+
+    def _run_blocks(self, x: torch.Tensor, state: list, masks: dict) -> tuple[torch.Tensor, list]:
         new_state = []
         for block, layer_state in zip(self.blocks, state):
             x, layer_state = block(x, layer_state, **masks)
             new_state.append(layer_state)
-        x = self.norm(x)
-        logits = self.head(x) if self.head is not None else F.linear(x, self.embed.weight)
-        return logits, new_state
+        return x, new_state
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(h) if self.head is not None else F.linear(h, self.embed.weight)
+
+    def _forward_segments(self, x: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
+        """RMT: token embeddings ``x`` read segment by segment between read and write memory."""
+        memory_state, layer_states = state
+        mem = self.segment_memory
+        m = mem.tokens
+        logits = []
+        for start, stop, read, write in mem.plan(mem.position(memory_state), x.shape[1]):
+            current = mem.current(memory_state).to(x.dtype)
+            parts = ([current] if read else []) + [x[:, start:stop]] + ([current] if write else [])
+            h, layer_states = self._run_blocks(torch.cat(parts, dim=1), layer_states, {})
+            h = self.norm(h)
+            first = m if read else 0
+            logits.append(self._logits(h[:, first : first + stop - start]))
+            written = h[:, first + stop - start :] if write else None
+            memory_state = mem.advance(memory_state, stop - start, written)
+        if not logits:  # no tokens
+            logits.append(self._logits(x))
+        return torch.cat(logits, dim=1), [memory_state, layer_states]
 
     def describe(self) -> str:
         """Architecture, parameter count and state size, for printing."""
@@ -170,4 +219,8 @@ class LM(nn.Module):
             f"d_model {self.config.d_model}, vocab {self.vocab_size}, "
             f"parameters {self.num_parameters():,}, state {self.state_size():,} floats per sequence",
         ]
+        if self.segment_memory is not None:
+            lines.append(
+                f"memory tokens {self.memory_tokens} (RMT), read and written every {self.segment_memory.segment_len} tokens"
+            )
         return "\n".join(lines)

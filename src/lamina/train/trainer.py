@@ -3,9 +3,13 @@
 ``batch_size`` parallel streams are read in consecutive ``seq_len`` segments;
 the state after segment n is detached and becomes the initial state of
 segment n+1, so Transformer-XL memory, RNN hidden states and HGRN states all
-train in this one loop. AdamW with linear warmup and cosine decay, gradient
-clipping, bf16 autocast on CUDA, periodic evaluation, JSONL metrics and atomic
-checkpoints. The data position is a pure function of the step, and the
+train in this one loop. With ``bptt_segments = k > 1`` one optimizer step
+reads k consecutive segments, their mean loss is back-propagated through all
+k (the state is carried between them with its graph, as the Recurrent Memory
+Transformer's BPTT unroll), and the state is detached only after the k-th;
+a step then costs k segments of compute and holds k segments' activations.
+AdamW with linear warmup and cosine decay, gradient clipping, bf16 autocast
+on CUDA, periodic evaluation, JSONL metrics and atomic checkpoints. The data position is a pure function of the step, and the
 checkpoint carries optimizer, scheduler, RNG and stream state, so a resumed
 run continues bit for bit on CPU.
 """
@@ -139,6 +143,7 @@ def train(cfg: Config, resume: str | None = None, log=print) -> TrainResult:
         optimizer, lambda s: lr_factor(s, t.warmup_steps, t.steps, t.min_lr_ratio)
     )
     step, state = 0, None
+    k = t.bptt_segments
     if ckpt:
         model.load_state_dict(ckpt.model_state)
         trainer_state = ckpt.trainer_state
@@ -149,7 +154,8 @@ def train(cfg: Config, resume: str | None = None, log=print) -> TrainResult:
         state = _to_device(trainer_state["stream_state"], device)
         log(f"resumed {ckpt.path} at step {step}")
     log(model.describe())
-    log(f"training on {device}: {t.steps} steps of {t.batch_size}x{t.seq_len} tokens -> {run_dir}")
+    per_step = f"{k} segments of " if k > 1 else ""
+    log(f"training on {device}: {t.steps} steps of {per_step}{t.batch_size}x{t.seq_len} tokens -> {run_dir}")
 
     forward = torch.compile(model) if t.compile else model
     metrics_file = run_dir / "metrics.jsonl"
@@ -161,7 +167,7 @@ def train(cfg: Config, resume: str | None = None, log=print) -> TrainResult:
             "scheduler": scheduler.state_dict(),
             "rng": _rng_state(),
             "step": step,
-            "data_position": step % len(batcher) if carry else step,
+            "data_position": step * k % len(batcher) if carry else step * k,
             "stream_state": _to_device(state, torch.device("cpu")),
         }
         return save_checkpoint(run_dir, step, cfg, tokenizer.to_dict(), model.state_dict(), trainer_state, t.keep_checkpoints)
@@ -186,13 +192,16 @@ def train(cfg: Config, resume: str | None = None, log=print) -> TrainResult:
     model.train()
     with _StopFlag() as stop:
         while step < t.steps:
-            position = step % len(batcher) if carry else step
-            if position == 0 or not carry:
-                state = None  # a new pass over the streams starts empty
-            x, y = (v.to(device, non_blocking=True) for v in batcher.segment(position))
-            with autocast_for(device, t.precision):
-                logits, state = forward(x, state)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            losses = []
+            for segment in range(step * k, step * k + k):  # one segment unless train.bptt_segments > 1
+                position = segment % len(batcher) if carry else segment
+                if position == 0 or not carry:
+                    state = None  # a new pass over the streams starts empty
+                x, y = (v.to(device, non_blocking=True) for v in batcher.segment(position))
+                with autocast_for(device, t.precision):
+                    logits, state = forward(x, state)
+                losses.append(F.cross_entropy(logits.float().flatten(0, 1), y.flatten()))
+            loss = losses[0] if k == 1 else torch.stack(losses).mean()
             if not torch.isfinite(loss):
                 raise LaminaError(
                     f"the loss became {loss.item()} at step {step + 1}; training stopped. "
@@ -205,7 +214,7 @@ def train(cfg: Config, resume: str | None = None, log=print) -> TrainResult:
             scheduler.step()
             state = detach_state(state)
             step += 1
-            window_tokens += x.numel()
+            window_tokens += k * x.numel()
             bar.update(1)
 
             if step % t.log_every == 0 or step == t.steps:
