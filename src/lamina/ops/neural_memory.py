@@ -43,10 +43,12 @@ Forms:
       S_t = E_t S_0 + sum_{s<=t} DE[t, s] k_s^T w_s
       o_t = A_t q_t M_0 + (DA E)_t q_t S_0 + sum_{s<=t} (DA DE)[t, s] (q_t . k_s) w_s
 
-  the gated-linear-attention form with a two-level decay ``C = DA DE``. The
-  decay matrices and ``q k^T`` of all chunks are built at once; a loop over
-  chunks of three ``[L, K] x [K, V]`` products carries ``(M, S)``, since ``w``
-  needs the memory entering its chunk. Sequences whose ``offset`` differ are
+  the gated-linear-attention form with a two-level decay ``C = DA DE``. As
+  ``w`` is linear in the anchor (the memory entering the chunk), each chunk
+  maps ``[M; S]`` linearly: the decay matrices, ``q k^T`` and a ``[2K, 2K]``
+  transition per chunk are built for all chunks at once, then a loop of one
+  ``[2K, 2K] x [2K, V]`` product per chunk carries ``[M; S]``, and the
+  outputs are one batched product. Sequences whose ``offset`` differ are
   shifted (zero tokens with ``theta = 0`` and gates 1, the identity step) so
   their chunk boundaries line up: such a slot keeps ``S`` (``eta = 1``,
   ``theta = 0``) and adds nothing to ``M`` (its column of ``DA`` is zeroed:
@@ -166,18 +168,34 @@ def neural_memory_chunk(q, k, v, theta, log_eta, log_keep, *, chunk_size=1, init
     write_M = (kc * C[..., -1, :, None]).transpose(-1, -2)  # [n, B, H, K, L]
     write_S = (kc * DE[..., -1, :, None]).transpose(-1, -2)
     theta2 = 2 * thc[..., None]
-
-    entering_M, entering_S, errors, anchors = [], [], [], [anchor]
-    for j in range(n):
-        grad_at = anchor if j == 0 else M
-        w = theta2[j] * (vc[j] - kc[j] @ grad_at)  # [B, H, L, V]
-        entering_M.append(M)
-        entering_S.append(S)
-        errors.append(w)
-        M, S = (A[j, ..., -1, None, None] * M + AE[j, ..., -1, None, None] * S + write_M[j] @ w,
-                E[j, ..., -1, None, None] * S + write_S[j] @ w)
-        anchors.append(M)
-    M_in, S_in, W = torch.stack(entering_M), torch.stack(entering_S), torch.stack(errors)
+    # Chunk j maps its entering (M, S) and gradient anchor G to
+    #   M' = A_L M + (DA E)_L S - write_M (2 theta K) G + write_M (2 theta V)
+    #   S' = E_L S              - write_S (2 theta K) G + write_S (2 theta V)
+    # and G = M for every chunk but the first: one [2K, 2K] x [2K, V] product per chunk.
+    writes = torch.cat([write_M, write_S], -2)  # [n, B, H, 2K, L]
+    pull = writes @ (theta2 * kc)  # [n, B, H, 2K, K]: what the anchor takes away
+    push = writes @ (theta2 * vc)  # [n, B, H, 2K, V]: what the values add
+    eye = torch.eye(K, dtype=acc, device=q.device)
+    last = lambda x: x[..., -1, None, None]  # noqa: E731
+    top = torch.cat([last(A) * eye, last(AE) * eye], -1)  # [n, B, H, K, 2K]
+    bottom = torch.cat([torch.zeros_like(top[..., :K]), last(E) * eye], -1)
+    transition = torch.cat([top, bottom], -2)
+    transition = transition - F.pad(pull, (0, K))  # later chunks: the anchor is the entering M
+    # the first chunk's anchor is the carried one, not M
+    MS = torch.cat([M, S], -2)
+    first = torch.cat([last(A)[0] * M + last(AE)[0] * S, last(E)[0] * S], -2) - pull[0] @ anchor + push[0]
+    entering, shape = [MS], MS.shape
+    MS = first.flatten(0, 1)
+    # unbind: one gradient buffer for the loop, not one per chunk
+    for A_j, B_j in zip(transition[1:].flatten(1, 2).unbind(0), push[1:].flatten(1, 2).unbind(0)):
+        entering.append(MS.view(shape))
+        MS = torch.baddbmm(B_j, A_j, MS)
+    MS = MS.view(shape)
+    M, S = MS[..., :K, :], MS[..., K:, :]
+    entering = torch.stack(entering)  # [n, B, H, 2K, V]
+    M_in, S_in = entering[..., :K, :], entering[..., K:, :]
+    anchors = torch.cat([anchor[None], M_in[1:], M[None]])  # [n + 1, ...]: the gradient anchor of each chunk
+    W = theta2 * (vc - kc @ anchors[:n])  # [n, B, H, L, V]
     out = A[..., None] * (qc @ M_in) + AE[..., None] * (qc @ S_in) + scores @ W  # [n, B, H, L, V]
     out = out.permute(1, 0, 3, 2, 4).reshape(B, Tp, H, V)
     back = (torch.arange(T, device=q.device)[None, :] + pos[:, None]).view(B, T, 1, 1).expand(B, T, H, V)
@@ -186,7 +204,7 @@ def neural_memory_chunk(q, k, v, theta, log_eta, log_keep, *, chunk_size=1, init
         return out, None
     # the anchor is the memory entering the chunk that holds each sequence's next token
     current = torch.div(pos + T, L, rounding_mode="floor")  # 0: still in the first chunk
-    anchor = torch.stack(anchors)[current, torch.arange(B, device=q.device)]
+    anchor = anchors[current, torch.arange(B, device=q.device)]
     return out, (M, S, anchor)
 
 
