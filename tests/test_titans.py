@@ -175,9 +175,13 @@ def test_state_stays_fp32_in_bf16():
     assert y.dtype == torch.bfloat16 and all(s.dtype == torch.float32 for s in state)
 
 
-@pytest.mark.parametrize("chunk_size", [16, 1])
-def test_stream_100k_tokens(chunk_size):
-    assert_finite_stream(make(chunk_size=chunk_size), D)
+def test_stream_100k_tokens():
+    assert_finite_stream(make(), D)
+
+
+def test_stream_exact_rule():
+    """chunk_size 1: one loop step per token, slow on CPU, so a shorter stream."""
+    assert_finite_stream(make(chunk_size=1), D, total=25_000)
 
 
 def test_lm_carries_state():
@@ -196,3 +200,88 @@ def test_rejects_bad_options():
             cls(D, cls.Options(**options))
     with pytest.raises(LaminaError, match="allowed keys"):
         parse_layers([{"titans": {"heads": 2, "chunk": 64}}])
+
+
+# ------------------------------------------------------------------------------------ memory as a gate (MAG)
+
+
+def make_mag(seed=0, **options):
+    torch.manual_seed(seed)
+    cls = mixer_class("titans_mag")
+    mixer = cls(D, cls.Options(**{"heads": 2, "window": 6, "persistent": 3, **options}))
+    with torch.no_grad():
+        mixer.memory.gate_bias.add_(torch.randn_like(mixer.memory.gate_bias))
+        mixer.persistent_kv.normal_()
+        mixer.attn_norm.weight.uniform_(0.5, 1.5)
+        mixer.mem_norm.weight.uniform_(0.5, 1.5)
+    return mixer
+
+
+@pytest.mark.parametrize("T", [2, 13, 40])
+@pytest.mark.parametrize("options", [{}, {"chunk_size": 1, "window": 1, "persistent": 0}, {"window": 50}])
+def test_mag_forms_agree(options, T):
+    check_forms_agree(make_mag(theta_max=0.5, **options), data(T))
+
+
+def paper_mag(mixer, x):
+    """MAG in float64 (section 4.2): o = norm(SW-Attn*(x)) * sigmoid(norm(M(x))), attention written per query."""
+    from lamina.ops.rotary import rotary
+
+    p = {n: t.detach().double() for n, t in mixer.named_parameters()}
+    H, K, W = mixer.memory.heads, mixer.memory.head_dim, mixer.options.window
+    x = x.double()
+    B, T, _ = x.shape
+    q, k, v = F.silu(x @ p["memory.qkv.weight"].T).view(B, T, 3, H, K).unbind(2)
+    q, k = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
+    z = (x @ p["memory.gates.weight"].T).view(B, T, 3, H) + p["memory.gate_bias"]
+    eta, alpha = torch.sigmoid(z[:, :, 1]), torch.sigmoid(z[:, :, 2])
+    theta = mixer.memory.theta_max * torch.sigmoid(z[:, :, 0]) * (1 - eta)
+    y_mem, _ = paper_memory(q, k, v, theta, eta.log(), (1 - alpha).log(), mixer.memory.chunk_size)
+
+    qa, ka, va = (x @ p["qkv.weight"].T).view(B, T, 3, H, K).unbind(2)
+    pos = torch.arange(T)
+    qr, kr = rotary(qa, pos, mixer.options.rope_base), rotary(ka, pos, mixer.options.rope_base)
+    pk, pv = p["persistent_kv"]
+    y_attn = torch.zeros(B, T, H, K, dtype=torch.float64)
+    for t in range(T):
+        lo = max(0, t - W + 1)
+        scores = torch.cat([torch.einsum("bhk,phk->bhp", qa[:, t], pk),  # persistent: no position
+                            torch.einsum("bhk,bshk->bhs", qr[:, t], kr[:, lo:t + 1])], -1) / math.sqrt(K)
+        weights = scores.softmax(-1)
+        values = torch.cat([pv[None].expand(B, *pv.shape), va[:, lo:t + 1]], 1)
+        y_attn[:, t] = torch.einsum("bhs,bshk->bhk", weights, values)
+
+    def rms(o, w):
+        return o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-5) * w
+
+    o = rms(y_attn, p["attn_norm.weight"]) * torch.sigmoid(rms(y_mem, p["mem_norm.weight"]))
+    return o.reshape(B, T, H * K) @ p["out.weight"].T
+
+
+def test_mag_matches_equations_in_float64():
+    mixer = make_mag(chunk_size=4, theta_max=0.5)
+    x = data(29)
+    y, _ = mixer(x)
+    assert rel_err(y, paper_mag(mixer, x)) < 1e-5
+
+
+def test_mag_state_size_formula():
+    mixer = make_mag(window=7)
+    assert mixer.state_size() == 3 * 2 * 8 * 8 + 1 + 2 * 6 * 2 * 8  # memory, then the window's keys and values
+    assert mixer.state_size() == sum(t[0].numel() for t in mixer.init_state(1) if t.is_floating_point())
+
+
+def test_mag_stream_100k_tokens():
+    assert_finite_stream(make_mag(), D)
+
+
+def test_mag_lm_carries_state_and_rejects_bad_options():
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=32, layers=["titans_mag", "titans"],
+                      mixers={"titans_mag": {"heads": 2, "window": 4}, "titans": {"heads": 2}})
+    check_lm_carries_state(LM(cfg, 257).eval(), cuts=(5, 6))
+    cls = mixer_class("titans_mag")
+    for options, key in [({"window": 0}, "window"), ({"persistent": -1}, "persistent"), ({"head_dim": 3}, "head width"),
+                         ({"chunk_size": 0}, "chunk_size")]:
+        with pytest.raises(LaminaError, match=key):
+            cls(D, cls.Options(**{"heads": 2, **options}))

@@ -1,4 +1,4 @@
-"""Titans: a neural long-term memory learned at test time, used as a layer.
+"""Titans: a neural long-term memory learned at test time, as a layer (``titans``) and as a gate (``titans_mag``).
 
 Behrouz, Zhong & Mirrokni 2025, "Titans: Learning to Memorize at Test Time".
 ``titans`` is the memory as a layer (MAL, section 4.3) with the paper's
@@ -30,8 +30,18 @@ rule. The state carries ``(M, S, M_anchor, position in chunk)``, so a full
 call, carried chunks of any sizes and token-by-token decoding compute the
 same function, in every form.
 
+``titans_mag`` is the memory as a gate (MAG, section 4.2): a sliding-window
+attention branch over ``persistent`` learned key/value slots (always
+visible) and the last ``window`` tokens (rotary positions), and the same
+memory branch, combined per head as ``RMSNorm(y_attn) * sigmoid(RMSNorm(y_mem))``
+(the paper's normalisation "with learnable vector-valued weights, followed by
+a non-linearity"), then ``W_out``. Its state adds the keys and values of the
+last ``window - 1`` tokens, so carried chunks equal the full run. The
+persistent tokens enter the attention only (the paper also feeds them to the
+memory at the sequence's start).
+
 Left out: the paper's short depthwise convolutions after q, k, v, its deep
-(MLP) memory, and persistent memory tokens for MAL.
+(MLP) memory, persistent memory tokens for MAL, and memory as context (MAC).
 
 Initialisation: the ``nn.Linear`` weights are the model's (N(0, 0.02), ``out``
 scaled for depth). Gate biases: ``b_theta = 0`` (theta = theta_max (1 - eta) / 2),
@@ -50,8 +60,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lamina.errors import LaminaError
+from lamina.mixers import kv_memory
 from lamina.mixers.base import Mixer, State, register
 from lamina.ops.neural_memory import neural_memory, neural_memory_step
+from lamina.ops.rotary import rotary
 
 
 @dataclass
@@ -164,3 +176,93 @@ class Titans(Mixer):
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         o, state = self.memory.step(x_t, state)
         return self._output(o, x_t), state
+
+
+@dataclass
+class TitansMAGOptions(TitansOptions):
+    window: int = 64  # sliding-window attention: each query sees the last `window` tokens (itself included)
+    persistent: int = 4  # learned key/value slots every query sees (the paper's persistent memory)
+    rope_base: float = 10000.0
+
+
+@register("titans_mag")
+class TitansMAG(Mixer):
+    """Titans' memory as a gate on sliding-window attention (MAG, section 4.2).
+
+    Persistent keys and values are initialised N(0, 0.02), like the model's linear layers.
+    """
+
+    Options = TitansMAGOptions
+    forms = ("recurrent", "chunk")
+
+    def __init__(self, d_model: int, options: TitansMAGOptions, layer_idx: int = 0, n_layers: int = 1):
+        super().__init__(d_model, options, layer_idx, n_layers)
+        self.memory = NeuralMemoryBranch(d_model, options, self.name)
+        H, K = self.memory.heads, self.memory.head_dim
+        if K % 2:
+            raise LaminaError(f"{self.name}: the head width {K} must be even for rotary positions; "
+                              "change heads or head_dim")
+        if not isinstance(options.window, int) or options.window < 1:
+            raise LaminaError(f"{self.name}: window must be an integer >= 1, got {options.window!r}")
+        if not isinstance(options.persistent, int) or options.persistent < 0:
+            raise LaminaError(f"{self.name}: persistent must be an integer >= 0, got {options.persistent!r}")
+        self.qkv = nn.Linear(d_model, 3 * H * K, bias=False)
+        self.persistent_kv = nn.Parameter(torch.empty(2, options.persistent, H, K))
+        self.attn_norm = nn.RMSNorm(K, eps=1e-5)
+        self.mem_norm = nn.RMSNorm(K, eps=1e-5)
+        self.out = nn.Linear(H * K, d_model, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.memory.reset_parameters()
+        nn.init.normal_(self.persistent_kv, std=0.02)
+
+    def init_state(self, batch: int, device=None, dtype=None) -> State:
+        """The memory branch's state, then keys, values ``[B, window - 1, H, K]`` and their validity."""
+        dtype = torch.promote_types(dtype or torch.float32, torch.float32)
+        shape = (batch, self.options.window - 1, self.memory.heads, self.memory.head_dim)
+        kv = (torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype),
+              torch.zeros(shape[:2], device=device, dtype=torch.bool))
+        return self.memory.init_state(batch, device, dtype) + kv
+
+    def state_size(self) -> int:
+        """``3 H K^2 + 1`` for the memory, ``2 (window - 1) H K`` for the window's keys and values."""
+        H, K = self.memory.heads, self.memory.head_dim
+        return self.memory.state_size() + 2 * (self.options.window - 1) * H * K
+
+    def _attend(self, x: torch.Tensor, window_state: State) -> tuple[torch.Tensor, State]:
+        """Sliding-window attention with persistent slots: ``[B, T, H, K]`` and the new window state."""
+        B, T, _ = x.shape
+        H, K, P = self.memory.heads, self.memory.head_dim, self.options.persistent
+        q, k, v = self.qkv(x).view(B, T, 3, H, K).unbind(2)
+        (k_all, v_all), valid = kv_memory.extend(window_state[:2], (k, v), window_state[2])
+        M = k_all.shape[1] - T
+        positions = torch.arange(M + T, device=x.device)
+        base = self.options.rope_base
+        # persistent keys carry no position: their scores use the unrotated query, in a second half of
+        # the head width (zeros elsewhere), so one attention call covers both kinds of key
+        pk, pv = (t.to(q.dtype)[None].expand(B, P, H, K) for t in self.persistent_kv)
+        window_keys = rotary(k_all, positions, base)
+        keys = torch.cat([torch.cat([torch.zeros_like(pk), pk], -1),
+                          torch.cat([window_keys, torch.zeros_like(window_keys)], -1)], 1)
+        queries = torch.cat([rotary(q, positions[M:], base), q], -1)
+        values = torch.cat([pv, v_all], 1)
+        mask = kv_memory.causal_mask(valid, T, self.options.window)
+        mask = torch.cat([mask.new_ones(B, 1, T, P), mask], -1)
+        y = F.scaled_dot_product_attention(queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
+                                           attn_mask=mask, scale=K**-0.5)
+        return y.transpose(1, 2), kv_memory.keep_last(window_state, (k_all, v_all, valid))
+
+    def _combine(self, y_attn: torch.Tensor, y_mem: torch.Tensor) -> torch.Tensor:
+        o = self.attn_norm(y_attn) * torch.sigmoid(self.mem_norm(y_mem.to(y_attn.dtype)))
+        return self.out(o.flatten(-2))
+
+    def forward_chunk(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        y_mem, memory = self.memory(x, state[:4])
+        y_attn, window = self._attend(x, state[4:])
+        return self._combine(y_attn, y_mem), memory + window
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        y_mem, memory = self.memory.step(x_t, state[:4])
+        y_attn, window = self._attend(x_t[:, None], state[4:])
+        return self._combine(y_attn[:, 0], y_mem), memory + window
