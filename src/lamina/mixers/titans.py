@@ -98,7 +98,9 @@ class NeuralMemoryBranch(nn.Module):
                               f"got {options.chunk_size!r}")
         theta_max = 0.5 / options.chunk_size if options.theta_max is None else options.theta_max
         if not theta_max > 0:
-            raise LaminaError(f"{mixer}: theta_max must be a number > 0 or null (1 / (2 chunk_size)), got {theta_max!r}")
+            raise LaminaError(
+                f"{mixer}: theta_max must be a number > 0 or null (1 / (2 chunk_size)), got {theta_max!r}"
+            )
         self.heads, self.head_dim, self.chunk_size, self.theta_max = heads, head_dim, options.chunk_size, theta_max
         self.qkv = nn.Linear(d_model, 3 * heads * head_dim, bias=False)
         self.gates = nn.Linear(d_model, 3 * heads, bias=False)  # theta, eta, alpha per head
