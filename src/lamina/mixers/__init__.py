@@ -18,6 +18,7 @@ from lamina.mixers import (  # noqa: F401  (registration)
     retnet,
     rglru,
     rnn,
+    titans,
     xl,
 )
 from lamina.mixers.base import Mixer, State, detach_state, mixer_class, mixer_names, register, reset_state

@@ -13,6 +13,12 @@ from lamina.ops.decay_bias import forget_bias, segsum
 from lamina.ops.delta import delta_rule, delta_rule_chunk, delta_rule_reference, delta_rule_step
 from lamina.ops.gates import candidate_g, interpolation_gates, log_sigmoid, lru_normalizer, normalized_gates
 from lamina.ops.gla import gla, gla_chunk, gla_reference, gla_step
+from lamina.ops.neural_memory import (
+    neural_memory,
+    neural_memory_chunk,
+    neural_memory_reference,
+    neural_memory_step,
+)
 from lamina.ops.scan import gated_scan, gated_scan_chunk, gated_scan_reference, gated_scan_step
 
 __all__ = [
@@ -37,6 +43,10 @@ __all__ = [
     "interpolation_gates",
     "log_sigmoid",
     "lru_normalizer",
+    "neural_memory",
+    "neural_memory_chunk",
+    "neural_memory_reference",
+    "neural_memory_step",
     "normalized_gates",
     "segsum",
 ]
