@@ -256,7 +256,8 @@ class TitansMAG(Mixer):
         return y.transpose(1, 2), kv_memory.keep_last(window_state, (k_all, v_all, valid))
 
     def _combine(self, y_attn: torch.Tensor, y_mem: torch.Tensor) -> torch.Tensor:
-        o = self.attn_norm(y_attn) * torch.sigmoid(self.mem_norm(y_mem.to(y_attn.dtype)))
+        dtype = self.attn_norm.weight.dtype  # the norms run in their weights' dtype (fp32 under autocast)
+        o = self.attn_norm(y_attn.to(dtype)) * torch.sigmoid(self.mem_norm(y_mem.to(dtype)))
         return self.out(o.flatten(-2))
 
     def forward_chunk(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
