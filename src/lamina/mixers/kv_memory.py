@@ -24,6 +24,19 @@ def extend(memory: Tensors, segment: Tensors, valid: torch.Tensor) -> tuple[Tens
     return joined, valid
 
 
+def fit(memory: Tensors, valid: torch.Tensor, M: int) -> tuple[Tensors, torch.Tensor]:
+    """A carried memory trimmed to its last ``M`` slots, or left-padded with empty slots up to ``M``.
+
+    For mixers whose memory length may change between calls (a longer memory at evaluation).
+    """
+    have = valid.shape[1]
+    if have >= M:
+        return tuple(t[:, have - M :] for t in memory), valid[:, have - M :]
+    pad = M - have
+    padded = tuple(torch.cat([t.new_zeros(t.shape[0], pad, *t.shape[2:]), t], dim=1) for t in memory)
+    return padded, torch.cat([valid.new_zeros(valid.shape[0], pad), valid], dim=1)
+
+
 def keep_last(memory: Tensors, joined: Tensors) -> Tensors:
     """The new memory: the last ``M`` entries of each joined tensor, in the dtype of the memory it replaces."""
     M = memory[0].shape[1]

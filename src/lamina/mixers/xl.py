@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lamina.errors import LaminaError
+from lamina.mixers import kv_memory
 from lamina.mixers.base import Mixer, State, register
 
 
@@ -103,23 +104,13 @@ class TransformerXL(Mixer):
     def state_size(self) -> int:
         return self.mem_len * self.d_model
 
-    def _fit_memory(self, state: State) -> State:
-        """The carried memory trimmed to, or left-padded with empty slots up to, the current ``mem_len``."""
-        memory, valid = state
-        have, want = memory.shape[1], self.mem_len
-        if have >= want:
-            return memory[:, have - want :], valid[:, have - want :]
-        pad = want - have
-        return F.pad(memory, (0, 0, pad, 0)), F.pad(valid, (pad, 0), value=False)
-
     def forward_parallel(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         B, T, _ = x.shape
         H, Dh = self.heads, self.head_dim
-        memory, valid_mem = self._fit_memory(state)
+        (memory,), valid_mem = kv_memory.fit(state[:1], state[1], self.mem_len)
         M = memory.shape[1]
         L = M + T
-        hidden = torch.cat([memory.to(x.dtype), x], dim=1)
-        valid = torch.cat([valid_mem, torch.ones(B, T, dtype=torch.bool, device=x.device)], dim=1)
+        (hidden,), valid = kv_memory.extend((memory,), (x,), valid_mem)
 
         q = self.q(x).view(B, T, H, Dh)
         k, v = self.kv(hidden).view(B, L, 2, H, Dh).unbind(2)
@@ -131,22 +122,15 @@ class TransformerXL(Mixer):
         position = rel_shift(torch.einsum("bthd,lhd->bhtl", (q + self.v).to(r.dtype), r))
 
         scale = 1.0 / math.sqrt(Dh)
-        bias = (position * scale).masked_fill(~self._mask(valid, M, T), float("-inf"))
+        # under same_length every query sees itself and the M tokens before it: a window of M + 1
+        mask = kv_memory.causal_mask(valid, T, M + 1 if self.options.same_length else None)
+        bias = (position * scale).masked_fill(~mask, float("-inf"))
         qu = (q + self.u).transpose(1, 2)
         kt, vt = k.transpose(1, 2), v.transpose(1, 2)
         qu, bias = qu.to(kt.dtype), bias.to(kt.dtype)
         y = F.scaled_dot_product_attention(qu, kt, vt, attn_mask=bias, scale=scale)
         y = self.out(y.transpose(1, 2).reshape(B, T, self.d_model))
-        new_state = (hidden[:, T:].to(memory.dtype), valid[:, T:])  # kept in fp32
-        return y, new_state
-
-    def _mask(self, valid: torch.Tensor, M: int, T: int) -> torch.Tensor:
-        """``[B, 1, T, M+T]`` boolean: causal, within ``mem_len`` under ``same_length``, a real memory slot."""
-        distance = torch.arange(T, device=valid.device)[:, None] + M - torch.arange(M + T, device=valid.device)[None, :]
-        allowed = distance >= 0
-        if self.options.same_length:
-            allowed = allowed & (distance <= M)
-        return (allowed[None] & valid[:, None, :])[:, None]
+        return y, kv_memory.keep_last((memory, valid_mem), (hidden, valid))  # kept in fp32
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         y, state = self.forward_parallel(x[:, None], state)
