@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from lamina.mixers import use_form
-from lamina.mixers.base import flatten_state, mask_spans
+from lamina.mixers.base import flatten_state
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -67,23 +67,9 @@ def check_forms_agree(mixer, x, *, tol: float = 1e-5, chunk: int = 5) -> None:
     """The default form, uneven carried chunks, the recurrent form and T=1 calls all agree.
 
     The reference is the recurrent form of a float64 copy of the mixer; the
-    fp32 paths must match it within ``tol``. A segment-level mixer computes a
-    different function for each split into calls (see
-    :mod:`lamina.mixers.base`): each of its forms, under each split, must
-    match the float64 copy under the same split.
+    fp32 paths must match it within ``tol``.
     """
     ref_mixer = _float64_copy(mixer)
-    if mixer.segment_level:
-        sizes = split_sizes(x.shape[1], chunk)
-        splits = {"full": [x.shape[1]], f"chunks {sizes}": sizes, "token by token": [1] * x.shape[1]}
-        for form in mixer.forms:
-            for what, split in splits.items():
-                def run(m, inp, split=split):
-                    with use_form(form):
-                        return run_in_chunks(m, inp, split)
-                want = grads_of(ref_mixer, x.double(), run)
-                assert_close_all(grads_of(mixer, x, run), want, tol, f"{form} form, {what}, vs float64")
-        return
 
     def recurrent(m, inp):
         with use_form("recurrent"):
@@ -146,21 +132,18 @@ def check_masks_are_exact(mixer, x, valid, resets=None, tol: float = 1e-5) -> No
     Row ``b`` alone runs token by token over its real tokens only, from an
     empty state at every document start. The masked batch must give the same
     outputs at real positions, zeros at padded ones, and the same final state.
-    A segment-level mixer's row instead runs span by span (the spans the masks
-    cut the batch into, each one segment; see :mod:`lamina.mixers.base`).
     """
     B, T = valid.shape
     resets = torch.zeros(B, T, dtype=torch.bool) if resets is None else resets
-    pieces = mask_spans(valid, resets) if mixer.segment_level else [(t, t + 1) for t in range(T)]
     with torch.no_grad():
         y, state = mixer(x, valid=valid, resets=resets)
         for b in range(B):
             row_state, outputs = mixer.init_state(1, x.device, x.dtype), []
-            for start, end in pieces:
-                if resets[b, start]:
+            for t in range(T):
+                if resets[b, t]:
                     row_state = mixer.init_state(1, x.device, x.dtype)
-                if valid[b, start]:
-                    out, row_state = mixer(x[b : b + 1, start:end], row_state)
+                if valid[b, t]:
+                    out, row_state = mixer(x[b : b + 1, t : t + 1], row_state)
                     outputs.append(out[0])
             real = valid[b].nonzero().flatten()
             if outputs:

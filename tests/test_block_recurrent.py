@@ -14,9 +14,9 @@ from mixer_harness import assert_finite_stream, check_forms_agree, rel_err, run_
 D = 32
 
 
-def make(**options):
+def make(segment=5, **options):
     torch.manual_seed(0)
-    mixer = mixer_class("block_recurrent")(D, BlockRecurrentOptions(heads=4, n_state=3, **options))
+    mixer = mixer_class("block_recurrent")(D, BlockRecurrentOptions(heads=4, n_state=3, segment=segment, **options))
     with torch.no_grad():  # make the gate biases count in the checks
         mixer.gate.bias.add_(0.3 * torch.randn(3 * D))
     return mixer
@@ -40,22 +40,24 @@ def attend(q, keys, values):
     return scores.softmax(0) @ torch.stack(values)
 
 
-def paper_reference(mixer, blocks):
-    """Section 3 one block, sequence, head and vector at a time, in float64."""
-    H, Dh, N = mixer.heads, mixer.head_dim, mixer.options.n_state
-    W = {n: p.detach().double() for n, p in mixer.named_parameters()}
-    B = blocks[0].shape[0]
+def paper_reference(mixer, x):
+    """Section 3 over the stream's blocks, one sequence, head and vector at a time, in float64.
+
+    Returns the outputs, the final state vectors and the token keys and values of the unfinished last block.
+    """
+    H, Dh, N, W = mixer.heads, mixer.head_dim, mixer.options.n_state, mixer.options.segment
+    P = {n: p.double() for n, p in mixer.named_parameters()}
+    B = x.shape[0]
     c = torch.zeros(B, N, D, dtype=torch.float64)
     outputs = []
-    for x in blocks:
-        x = x.double()
-        T = x.shape[1]
+    for block in x.double().split(W, dim=1):
+        T = block.shape[1]
         y = torch.zeros(B, T, D, dtype=torch.float64)
-        new_c = torch.zeros_like(c)
+        new_c = c.clone()
         for b in range(B):
-            s = c[b] + W["state_ids"]  # state vectors with their IDs
-            tq, tkv = x[b] @ W["token_q.weight"].T, x[b] @ W["token_kv.weight"].T
-            sq, skv = s @ W["state_q.weight"].T, s @ W["state_kv.weight"].T
+            s = c[b] + P["state_ids"]  # state vectors with their IDs
+            tq, tkv = block[b] @ P["token_q.weight"].T, block[b] @ P["token_kv.weight"].T
+            sq, skv = s @ P["state_q.weight"].T, s @ P["state_kv.weight"].T
             tok_self, tok_cross = torch.zeros(T, D, dtype=torch.float64), torch.zeros(T, D, dtype=torch.float64)
             st_self, st_cross = torch.zeros(N, D, dtype=torch.float64), torch.zeros(N, D, dtype=torch.float64)
             for h in range(H):
@@ -73,25 +75,63 @@ def paper_reference(mixer, blocks):
                 for n in range(N):
                     st_self[n, head] = attend(qs1[n], list(ks), list(vs))
                     st_cross[n, head] = attend(qs2[n], list(kx), list(vx))
-            y[b] = torch.cat([tok_self, tok_cross], -1) @ W["out.weight"].T
-            hidden = torch.cat([st_self, st_cross], -1) @ W["state_out.weight"].T
-            g = hidden @ W["gate.weight"].T + W["gate.bias"]
-            z, i_gate, f_gate = g[:, :D], g[:, D : 2 * D], g[:, 2 * D :]
-            new_c[b] = c[b] * torch.sigmoid(f_gate) + torch.tanh(z) * torch.sigmoid(i_gate)
+            y[b] = torch.cat([tok_self, tok_cross], -1) @ P["out.weight"].T
+            if T == W:  # a complete block updates the state
+                hidden = torch.cat([st_self, st_cross], -1) @ P["state_out.weight"].T
+                g = hidden @ P["gate.weight"].T + P["gate.bias"]
+                z, i_gate, f_gate = g[:, :D], g[:, D : 2 * D], g[:, 2 * D :]
+                new_c[b] = c[b] * torch.sigmoid(f_gate) + torch.tanh(z) * torch.sigmoid(i_gate)
         c = new_c
         outputs.append(y)
-    return torch.cat(outputs, dim=1), c
+    unfinished = block @ P["token_kv.weight"].T if T < W else block[:, :0] @ P["token_kv.weight"].T
+    return torch.cat(outputs, dim=1), c, unfinished
 
 
-@pytest.mark.parametrize("options", [{}, {"rope": False}])
-def test_matches_paper_over_blocks(options):
+@pytest.mark.parametrize("options", [{}, {"rope": False}, {"segment": 1}])
+def test_matches_paper_under_any_split(options):
+    """Blocks are counted from the stream's start: every split into calls is the paper's run over the stream."""
     mixer = make(**options)
-    sizes = [6, 1, 9, 4]
-    x = torch.randn(2, sum(sizes), D)
-    y, (c,) = run_in_chunks(mixer, x, sizes)
-    want, c0 = paper_reference(mixer, list(x.split(sizes, dim=1)))
-    assert rel_err(y, want) < 1e-5 and rel_err(c, c0) < 1e-5
-    assert c.dtype == torch.float32
+    x = torch.randn(2, 22, D)
+    want, c0, kv0 = paper_reference(mixer, x)
+    for sizes in ([22], [6, 1, 9, 6], [3, 4, 2, 13], [1] * 22):
+        with torch.no_grad():
+            y, (c, kv, filled) = run_in_chunks(mixer, x, sizes)
+        assert rel_err(y, want) < 1e-5, f"calls {sizes}: outputs differ by {rel_err(y, want):.2e}"
+        assert rel_err(c, c0) < 1e-5 and c.dtype == torch.float32
+        n = kv0.shape[1]
+        assert filled.sum(1).tolist() == [n, n] and filled[:, :n].all()
+        assert rel_err(kv[:, :n], kv0) < 1e-5 and not kv[:, n:].any()
+
+
+def test_gradients_match_paper():
+    """Token by token (the decode path) back-propagates like the paper's equations over the stream."""
+    mixer = make()
+    x = torch.randn(2, 12, D, dtype=torch.float64)
+    weight = torch.randn(2, 12, D, dtype=torch.float64)
+    x1 = x.clone().requires_grad_(True)
+    (paper_reference(mixer, x1)[0] * weight).sum().backward()
+    want = {"x": x1.grad, **{n: p.grad.clone() for n, p in mixer.named_parameters()}}
+    mixer.zero_grad()
+    x2 = x.float().requires_grad_(True)
+    (run_in_chunks(mixer, x2, [1] * 12)[0] * weight).sum().backward()
+    got = {"x": x2.grad, **{n: p.grad for n, p in mixer.named_parameters()}}
+    for name in want:
+        err = rel_err(got[name], want[name])
+        assert err < 1e-5, f"gradient of {name} differs by {err:.2e}"
+
+
+def test_state_changes_at_stream_block_ends():
+    """Decoding one token at a time, the state vectors change exactly when the stream completes a block."""
+    mixer = make()
+    x = torch.randn(1, 12, D)
+    state, vectors = None, []
+    with torch.no_grad():
+        for t in range(12):
+            _, state = mixer(x[:, t : t + 1], state)
+            vectors.append(state[0].clone())
+            assert int(state[2].sum()) == (t + 1) % 5
+    changed = [t + 1 for t in range(1, 12) if not torch.equal(vectors[t], vectors[t - 1])]
+    assert not vectors[0].any() and changed == [5, 10]
 
 
 def test_gate_starts_remembering():
@@ -108,19 +148,20 @@ def test_forms_and_gradients_against_float64():
 def test_state_round_trip():
     mixer = make()
     x = torch.randn(2, 30, D)
-    _, state = mixer(x[:, :18])
+    _, state = mixer(x[:, :18])  # ends inside a block
     loaded = unflatten_state(mixer.init_state(2), {k: v.clone() for k, v in flatten_state(state).items()})
     want, s1 = mixer(x[:, 18:], state)
     got, s2 = mixer(x[:, 18:], loaded)
-    assert torch.equal(got, want) and torch.equal(s1[0], s2[0])
-    assert mixer.state_size() == 3 * D == state[0][0].numel()
+    assert torch.equal(got, want) and all(torch.equal(a, b) for a, b in zip(s1, s2))
+    floats = sum(t[0].numel() for t in state if t.is_floating_point())
+    assert mixer.state_size() == 3 * D + 2 * 4 * D == floats
 
 
 def test_streams_100k_tokens():
-    assert_finite_stream(make(), D, total=100_000, chunk=2048)
+    assert_finite_stream(make(segment=64), D, total=100_000, chunk=2048)
 
 
-@pytest.mark.parametrize("options", [{"n_state": 0}, {"heads": 5}, {"heads": 0}])
+@pytest.mark.parametrize("options", [{"n_state": 0}, {"heads": 5}, {"heads": 0}, {"segment": 0}])
 def test_bad_options(options):
     with pytest.raises(LaminaError, match="block_recurrent"):
         mixer_class("block_recurrent")(D, BlockRecurrentOptions(**options))

@@ -14,9 +14,9 @@ from mixer_harness import assert_finite_stream, check_forms_agree, rel_err, run_
 D = 32
 
 
-def make(**options):
+def make(segment=5, **options):
     torch.manual_seed(0)
-    mixer = mixer_class("infini")(D, InfiniOptions(heads=4, **options))
+    mixer = mixer_class("infini")(D, InfiniOptions(heads=4, segment=segment, **options))
     with torch.no_grad():  # beta starts at zero: make the gate differ per head
         mixer.beta.normal_()
     return mixer
@@ -38,19 +38,21 @@ def rotate(x, pos, base=10000.0):
     return out
 
 
-def paper_reference(mixer, segments):
-    """Equations (1)-(10) of section 2, one segment, head and token at a time, in float64."""
-    H, Dh = mixer.heads, mixer.head_dim
+def paper_reference(mixer, x):
+    """Equations (1)-(10) of section 2 over the stream's segments, one head and token at a time, in float64.
+
+    Returns the outputs, the final memory ``(M, z)`` and the raw keys and values of the unfinished last segment.
+    """
+    H, Dh, N = mixer.heads, mixer.head_dim, mixer.options.segment
     w_qkv, w_o = mixer.qkv.weight.double(), mixer.out.weight.double()
     gate = torch.sigmoid(mixer.beta.double())
-    B = segments[0].shape[0]
+    B = x.shape[0]
     M = torch.zeros(B, H, Dh, Dh, dtype=torch.float64)
     z = torch.zeros(B, H, Dh, dtype=torch.float64)
     outputs = []
-    for x in segments:
-        x = x.double()
-        T = x.shape[1]
-        q, k, v = (x @ w_qkv.T).view(B, T, 3, H, Dh).unbind(2)
+    for segment in x.double().split(N, dim=1):
+        T = segment.shape[1]
+        q, k, v = (segment @ w_qkv.T).view(B, T, 3, H, Dh).unbind(2)
         A = torch.zeros(B, T, H, Dh, dtype=torch.float64)
         M_new, z_new = M.clone(), z.clone()
         for b in range(B):
@@ -68,8 +70,8 @@ def paper_reference(mixer, segments):
                     den = sq @ z[b, h]
                     a_mem = (sq @ M[b, h]) / den if den > 0 else torch.zeros(Dh, dtype=torch.float64)
                     A[b, i, h] = gate[h] * a_mem + (1 - gate[h]) * a_dot
-                # memory update with the whole segment
-                for t in range(T):
+                # memory update with the whole segment, once it is complete
+                for t in range(T if T == N else 0):
                     sk = sigma(k[b, t, h])
                     target = v[b, t, h]
                     if mixer.options.update == "delta" and sk @ z[b, h] > 0:
@@ -78,19 +80,64 @@ def paper_reference(mixer, segments):
                     z_new[b, h] += sk
         M, z = M_new, z_new
         outputs.append(A.reshape(B, T, H * Dh) @ w_o.T)
-    return torch.cat(outputs, dim=1), (M, z)
+    unfinished = (k, v) if T < N else (k[:, :0], v[:, :0])
+    return torch.cat(outputs, dim=1), (M, z), unfinished
 
 
-@pytest.mark.parametrize("options", [{}, {"update": "delta"}, {"rope": False}, {"update": "delta", "rope": False}])
-def test_matches_paper_over_segments(options):
+def assert_state_matches(state, memory, unfinished):
+    M, z, k_seg, v_seg, filled = state
+    assert rel_err(M, memory[0]) < 1e-5 and rel_err(z, memory[1]) < 1e-5
+    n = unfinished[0].shape[1]
+    assert filled.sum(1).tolist() == [n] * filled.shape[0] and filled[:, :n].all()
+    assert rel_err(k_seg[:, :n], unfinished[0]) < 1e-5 and rel_err(v_seg[:, :n], unfinished[1]) < 1e-5
+    assert not k_seg[:, n:].any() and not v_seg[:, n:].any(), "empty slots hold zeros"
+    assert M.dtype == torch.float32 and k_seg.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"update": "delta"}, {"rope": False}, {"update": "delta", "rope": False}, {"segment": 1}]
+)
+def test_matches_paper_under_any_split(options):
+    """Segments are counted from the stream's start: every split into calls is the paper's run over the stream."""
     mixer = make(**options)
-    sizes = [7, 1, 12, 5]
-    x = torch.randn(2, sum(sizes), D)
-    y, (M, z) = run_in_chunks(mixer, x, sizes)
-    want, (M0, z0) = paper_reference(mixer, list(x.split(sizes, dim=1)))
-    assert rel_err(y, want) < 1e-5
-    assert rel_err(M, M0) < 1e-5 and rel_err(z, z0) < 1e-5
-    assert M.dtype == torch.float32 and z.dtype == torch.float32
+    x = torch.randn(2, 23, D)
+    want, memory, unfinished = paper_reference(mixer, x)
+    for sizes in ([23], [7, 1, 12, 3], [3, 4, 2, 14], [1] * 23):
+        with torch.no_grad():
+            y, state = run_in_chunks(mixer, x, sizes)
+        assert rel_err(y, want) < 1e-5, f"calls {sizes}: outputs differ by {rel_err(y, want):.2e}"
+        assert_state_matches(state, memory, unfinished)
+
+
+def test_gradients_match_paper():
+    """Token by token (the decode path) back-propagates like the paper's equations over the stream."""
+    mixer = make(update="delta")
+    x = torch.randn(2, 12, D, dtype=torch.float64)
+    weight = torch.randn(2, 12, D, dtype=torch.float64)
+    x1 = x.clone().requires_grad_(True)
+    (paper_reference(mixer, x1)[0] * weight).sum().backward()
+    want = {"x": x1.grad, **{n: p.grad.clone() for n, p in mixer.named_parameters()}}
+    mixer.zero_grad()
+    x2 = x.float().requires_grad_(True)
+    (run_in_chunks(mixer, x2, [1] * 12)[0] * weight).sum().backward()
+    got = {"x": x2.grad, **{n: p.grad for n, p in mixer.named_parameters()}}
+    for name in want:
+        err = rel_err(got[name], want[name])
+        assert err < 1e-5, f"gradient of {name} differs by {err:.2e}"
+
+
+def test_memory_is_written_at_stream_segment_ends():
+    """Decoding one token at a time, the memory changes exactly when the stream completes a segment."""
+    mixer = make()
+    x = torch.randn(1, 12, D)
+    state, norms = None, []
+    with torch.no_grad():
+        for t in range(12):
+            _, state = mixer(x[:, t : t + 1], state)
+            norms.append(state[1].clone())
+            assert int(state[4].sum()) == (t + 1) % 5
+    changed = [t + 1 for t in range(1, 12) if not torch.equal(norms[t], norms[t - 1])]
+    assert not norms[0].any() and changed == [5, 10]
 
 
 def test_first_segment_is_local_attention_only():
@@ -102,7 +149,8 @@ def test_first_segment_is_local_attention_only():
         local, _ = mixer(x)
         mixer.beta.fill_(30.0)
         memory_only, _ = mixer(x)
-    assert local.abs().sum() > 0 and memory_only.abs().max() < 1e-6
+    assert local.abs().sum() > 0 and memory_only[:, :5].abs().max() < 1e-6
+    assert memory_only[:, 5:].abs().min() > 0, "the second segment reads the first from the memory"
 
 
 @pytest.mark.parametrize("update", ["linear", "delta"])
@@ -114,21 +162,22 @@ def test_state_round_trip():
     """A state saved flat and loaded back continues the stream exactly; a detached one too."""
     mixer = make(update="delta")
     x = torch.randn(2, 30, D)
-    _, state = mixer(x[:, :18])
+    _, state = mixer(x[:, :18])  # ends inside a segment
     flat = {k: v.clone() for k, v in flatten_state(state).items()}
     loaded = unflatten_state(mixer.init_state(2), flat)
     want, s1 = mixer(x[:, 18:], state)
     got, s2 = mixer(x[:, 18:], loaded)
     assert torch.equal(got, want) and all(torch.equal(a, b) for a, b in zip(s1, s2))
-    assert mixer.state_size() == D * (D // 4 + 1) == sum(t[0].numel() for t in state)
+    floats = sum(t[0].numel() for t in state if t.is_floating_point())
+    assert mixer.state_size() == D * (D // 4 + 1) + 2 * 4 * D == floats
 
 
 @pytest.mark.parametrize("update", ["linear", "delta"])
 def test_streams_100k_tokens(update):
-    assert_finite_stream(make(update=update), D, total=100_000, chunk=2048)
+    assert_finite_stream(make(segment=64, update=update), D, total=100_000, chunk=2048)
 
 
-@pytest.mark.parametrize("options", [{"update": "hebbian"}, {"heads": 5}, {"heads": 0}])
+@pytest.mark.parametrize("options", [{"update": "hebbian"}, {"heads": 5}, {"heads": 0}, {"segment": 0}])
 def test_bad_options(options):
     with pytest.raises(LaminaError, match="infini"):
         mixer_class("infini")(D, InfiniOptions(**options))

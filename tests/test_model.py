@@ -49,6 +49,20 @@ def test_greedy_generation_equals_teacher_forcing():
     assert model.memory_layers()[0].mem_len == 0  # the generation memory was temporary
 
 
+def test_segment_models_generate_what_they_were_trained_as():
+    """Infini-attention and the Block-Recurrent Transformer: segments span calls, so decoding equals teacher forcing."""
+    torch.manual_seed(0)
+    mixers = {"infini": {"heads": 2, "segment": 8}, "block_recurrent": {"heads": 2, "n_state": 4, "segment": 8}}
+    model = LM(ModelConfig(d_model=32, layers=["infini", "block_recurrent"], mixers=mixers), 257).eval()
+    check_lm_carries_state(model, length=45, cuts=(5, 6, 20))  # calls 5, 1, 14, 25: inside and across segments
+    prompt = torch.randint(0, 256, (11,))
+    out = generate(model, prompt, max_new_tokens=20, context=8, temperature=0)
+    seq = torch.cat([prompt, torch.tensor(out)])
+    with torch.no_grad():
+        logits, _ = model(seq[None, :-1])
+    assert out == logits[0, len(prompt) - 1 :].argmax(-1).tolist()
+
+
 def test_generation_state_stays_constant():
     model = tiny_lm(layers=("hgrn", "gru"))
     sizes = []

@@ -6,15 +6,13 @@ batch; it is fixed in shape for the mixer's life, so it can be reset per
 sequence, detached between segments and saved in a checkpoint without knowing
 what is inside. Zeros everywhere is the empty state.
 
-Most mixers are token-level recurrences: any split of a sequence into calls
-with carried state computes the same function. Segment-level mixers
-(``segment_level = True``: Infini-attention, the Block-Recurrent Transformer)
-update their state once per call, from the whole call, as their papers do per
-segment: for them a call *is* a segment, chunked runs differ from the full run
-by design, and the generic tests compare each form with a float64 copy under
-the same segmentation instead of across segmentations. Under padding and
-document masks a call is cut into spans (:func:`mask_spans`); each span is
-then one segment.
+Mixers are token-level recurrences: any split of a sequence into calls with
+carried state computes the same function as one call (attention with a
+bounded memory: while the memory covers the calls), so a model trains on
+segments and generates token by token as one function. Mixers built on fixed
+segments of the stream (Infini-attention, the Block-Recurrent Transformer)
+count their segments from the empty state and carry the unfinished segment
+in their state (:class:`lamina.mixers.kv_memory.Segments`).
 """
 
 from __future__ import annotations
@@ -40,8 +38,6 @@ class Mixer(nn.Module, abc.ABC):
     """
 
     forms: ClassVar[tuple[str, ...]] = ("recurrent",)
-    # True where the state is updated once per call from the whole call (see the module docstring).
-    segment_level: ClassVar[bool] = False
     Options: ClassVar[type] = None  # a dataclass of the mixer's options
     # Parameters shared by every layer of this mixer in a model (name -> init(n_layers, d_model)).
     shared_parameters: ClassVar[dict[str, Callable[[int, int], torch.Tensor]]] = {}

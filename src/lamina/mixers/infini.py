@@ -1,27 +1,28 @@
 """Infini-attention: local softmax attention plus a compressive memory, mixed by a learned gate.
 
-Munkhdalai et al. 2024, "Leave No Context Behind", section 2. Per head, a call
-is one segment: its tokens attend causally to each other (dot-product
-attention within the call, rotary positions from 0 optional), read the
-compressive memory left by the previous segments
-(:func:`lamina.ops.compressive.compressive_memory`: ``A_mem = sigma(Q) M /
-(sigma(Q) z)``, ``sigma = elu + 1``) and, once the call is done, write all their
-keys and values into it (``update``: ``linear`` or ``delta``). The two reads
-are mixed per head by ``A = sigmoid(beta) A_mem + (1 - sigmoid(beta)) A_dot``
-and projected out.
+Munkhdalai et al. 2024, "Leave No Context Behind", section 2. The stream is
+cut into segments of ``segment`` tokens, counted from its start (the empty
+state) whatever the split into calls. Per head, a token attends causally to
+the earlier tokens of its segment (dot-product attention, rotary positions
+from 0 in each segment, optional) and reads the compressive memory left by
+the previous segments (:func:`lamina.ops.compressive.compressive_memory`:
+``A_mem = sigma(Q) M / (sigma(Q) z)``, ``sigma = elu + 1``); when a segment is
+complete, all its keys and values are written into the memory (``update``:
+``linear`` or ``delta``). The two reads are mixed per head by
+``A = sigmoid(beta) A_mem + (1 - sigmoid(beta)) A_dot`` and projected out.
 
-Segment-level recurrence: the memory changes once per call, so a sequence run
-in chunks is *not* the same function as one full call (a token sees the
-earlier tokens of its own chunk exactly and the earlier chunks only through
-the memory). That is the paper's design, not an approximation of a full run;
-the mixer sets ``segment_level`` (see :mod:`lamina.mixers.base`). A single
-token per call is a one-token segment, which makes decoding token by token a
-different (memory-only plus self) model: decode with the segment length the
-model was trained with in mind.
+The state carries the memory and the keys and values of the unfinished
+segment (:class:`lamina.mixers.kv_memory.Segments`), so a full run, any split
+into calls with carried state and token-by-token decoding compute the same
+function: the model trained on segments is the model that generates. A call
+processes its whole segments at once (local attention batched over them; the
+memory read and write is a loop over segments).
 
 Initialisation: projections as ``nn.Linear``; ``beta = 0``, an even mix of
 memory and local attention (the paper does not give one).
-State: ``M [B, H, D/H, D/H]`` and ``z [B, H, D/H]`` in fp32, ``d · (d/H + 1)`` floats.
+State: ``M [B, H, D/H, D/H]`` and ``z [B, H, D/H]`` in fp32, and the unfinished
+segment's keys and values ``[B, segment - 1, H, D/H]`` with their mask:
+``d · (d/H + 1) + 2 (segment - 1) d`` floats.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from torch import nn
 
 from lamina.errors import LaminaError
 from lamina.mixers.base import Mixer, State, register
-from lamina.ops.compressive import UPDATES, compressive_memory
+from lamina.mixers.kv_memory import Segments
+from lamina.ops.compressive import UPDATES, compressive_memory, read_memory
 from lamina.ops.rotary import rotary
 
 
@@ -42,15 +44,15 @@ from lamina.ops.rotary import rotary
 class InfiniOptions:
     heads: int = 4
     update: str = "linear"  # memory write rule: linear (M += sigma(K)^T V) or delta
-    rope: bool = True  # rotary positions (0..T-1 within the call) for the local attention
+    rope: bool = True  # rotary positions (0..segment-1 within each segment) for the local attention
     rope_base: float = 10000.0
+    segment: int = 64  # tokens per segment, counted from the stream's start
 
 
 @register("infini")
 class InfiniAttention(Mixer):
     Options = InfiniOptions
     forms = ("parallel",)
-    segment_level = True
 
     def __init__(self, d_model: int, options: InfiniOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)
@@ -61,6 +63,8 @@ class InfiniAttention(Mixer):
             )
         if options.update not in UPDATES:
             raise LaminaError(f"infini: update must be one of {', '.join(UPDATES)}, got {options.update!r}")
+        if options.segment < 1:
+            raise LaminaError(f"infini: segment (tokens per segment) must be an integer >= 1, got {options.segment}")
         self.heads = options.heads
         self.head_dim = d_model // options.heads
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
@@ -68,27 +72,52 @@ class InfiniAttention(Mixer):
         self.out = nn.Linear(d_model, d_model, bias=False)
 
     def init_state(self, batch: int, device=None, dtype=None) -> State:
-        """Memory ``[B, H, D/H, D/H]`` and normaliser ``[B, H, D/H]``, zeros (empty)."""
+        """Memory ``[B, H, D/H, D/H]``, normaliser ``[B, H, D/H]``, the unfinished segment's keys and values
+        ``[B, segment - 1, H, D/H]`` and their mask ``[B, segment - 1]``: zeros (empty)."""
         dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        H, Dh = self.heads, self.head_dim
+        H, Dh, S = self.heads, self.head_dim, self.options.segment
+        keys = torch.zeros(batch, S - 1, H, Dh, device=device, dtype=dtype)
         return (
             torch.zeros(batch, H, Dh, Dh, device=device, dtype=dtype),
             torch.zeros(batch, H, Dh, device=device, dtype=dtype),
+            keys,
+            keys.clone(),
+            torch.zeros(batch, S - 1, device=device, dtype=torch.bool),
         )
 
     def state_size(self) -> int:
-        return self.d_model * (self.head_dim + 1)
+        return self.d_model * (self.head_dim + 1) + 2 * (self.options.segment - 1) * self.d_model
 
     def forward_parallel(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         B, T, _ = x.shape
+        memory, norm, k_seg, v_seg, filled = state
+        seg = Segments(filled, T, self.options.segment)
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).unbind(2)
-        memory, norm = state
-        a_mem, (memory, norm) = compressive_memory(q, k, v, memory, norm, self.options.update)
+        k, v = seg.layout(k, k_seg), seg.layout(v, v_seg)  # [B, n * segment, H, Dh]
+
+        # the memory: each segment reads it as the earlier segments left it, and is written into it once complete
+        complete = seg.complete()
+        reads = []
+        segments = zip(seg.query_segments(q), seg.segments(k).unbind(1), seg.segments(v).unbind(1))
+        for j, (q_j, k_j, v_j) in enumerate(segments):
+            if not seg.any_complete(j):  # the last segment, unfinished in every row: read only
+                reads.append(read_memory(q_j, memory, norm))
+                continue
+            read, (new_memory, new_norm) = compressive_memory(q_j, k_j, v_j, memory, norm, self.options.update)
+            reads.append(read)
+            memory = torch.where(complete[:, j, None, None, None], new_memory, memory)
+            norm = torch.where(complete[:, j, None, None], new_norm, norm)
+        a_mem = seg.from_segments(reads)
+
+        # local attention, causal inside each segment, rotary positions from 0 in each
+        qr, kr = q, k
         if self.options.rope:
-            positions = torch.arange(T, device=x.device)
-            q, k = rotary(q, positions, self.options.rope_base), rotary(k, positions, self.options.rope_base)
-        a_dot = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
-        gate = torch.sigmoid(self.beta)[:, None, None].to(a_dot.dtype)  # [H, 1, 1]
-        a = gate * a_mem.transpose(1, 2).to(a_dot.dtype) + (1 - gate) * a_dot  # [B, H, T, Dh]
-        y = self.out(a.transpose(1, 2).reshape(B, T, self.d_model))
-        return y, (memory, norm)
+            base = self.options.rope_base
+            qr, kr = rotary(q, seg.call_positions, base), rotary(k, seg.positions, base)
+        a_dot = seg.attend(qr, kr, v)  # [B, T, H, Dh]
+
+        gate = torch.sigmoid(self.beta)[:, None].to(a_dot.dtype)  # [H, 1]
+        a = gate * a_mem.to(a_dot.dtype) + (1 - gate) * a_dot
+        y = self.out(a.reshape(B, T, self.d_model))
+        (new_k, filled), (new_v, _) = seg.unfinished(k), seg.unfinished(v)
+        return y, (memory, norm, new_k.to(k_seg.dtype), new_v.to(v_seg.dtype), filled)

@@ -6,7 +6,8 @@ memory as it was before the segment,
 
     A_mem = sigma(Q) M / (sigma(Q) z),
 
-and then writes all its keys and values at once, either with the linear rule
+and then (:func:`compressive_memory`; :func:`read_memory` reads only) writes
+all its keys and values at once, either with the linear rule
 ``M += sigma(K)^T V`` or the delta rule
 ``M += sigma(K)^T (V - sigma(K) M / (sigma(K) z))``; both add ``sum_t sigma(K_t)``
 to ``z``. An empty memory (``z = 0``, the only way ``sigma(.) z`` can be 0
@@ -40,6 +41,13 @@ def _read(phi: torch.Tensor, memory: torch.Tensor, norm: torch.Tensor) -> torch.
 
 
 @outside_autocast
+def read_memory(q: torch.Tensor, memory: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """``A_mem [B, T, H, V]`` in q's dtype, without a write (tokens of a segment that is not complete yet)."""
+    dtype = acc_dtype(q, memory)
+    return _read(elu_plus_one(q.to(dtype)), memory.to(dtype), norm.to(dtype)).to(q.dtype)
+
+
+@outside_autocast
 def compressive_memory(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -50,17 +58,17 @@ def compressive_memory(
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """One segment: ``(A_mem [B, T, H, V] in q's dtype, (new memory, new normaliser))``.
 
-    ``q``, ``k`` are the raw queries and keys (``sigma`` is applied here).
+    ``q``, ``k`` are the raw queries and keys (``sigma`` is applied here);
+    the queries may be other tokens than the keys and values (``[B, T', H, K]``).
     """
     if update not in UPDATES:
         raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
     dtype = acc_dtype(q, memory)
-    sq, sk = elu_plus_one(q.to(dtype)), elu_plus_one(k.to(dtype))
-    v = v.to(dtype)
+    out = read_memory(q, memory, norm)
+    sk, v = elu_plus_one(k.to(dtype)), v.to(dtype)
     memory, norm = memory.to(dtype), norm.to(dtype)
-    out = _read(sq, memory, norm)
     if update == "delta":
         v = v - _read(sk, memory, norm)
     new_memory = memory + torch.einsum("bthk,bthv->bhkv", sk, v)
     new_norm = norm + sk.sum(1)
-    return out.to(q.dtype), (new_memory, new_norm)
+    return out, (new_memory, new_norm)
