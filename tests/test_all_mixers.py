@@ -83,3 +83,22 @@ def test_segment_level_chunks_are_segments_not_the_full_run(name):
         chunked, _ = run_in_chunks(mixer, x, [10, 10])
     assert rel_err(chunked[:, :10], full[:, :10]) < 1e-6
     assert rel_err(chunked[:, 10:], full[:, 10:]) > 1e-3
+
+
+def test_xl_compressive_memory_generic_checks():
+    """Transformer-XL with a compressive memory (same_length: exact in every form) through the same checks."""
+    options = {"mem_len": 5, "cmem_len": 3, "cmem_rate": 2, "same_length": True}
+    mixer = make_mixer("xl", D, options)
+    check_forms_agree(mixer, data(2, 19, seed=19))
+    valid = torch.ones(3, 23, dtype=torch.bool)
+    valid[0, 17:] = False
+    valid[1, :6] = False
+    valid[2, 5:9] = False
+    resets = torch.zeros(3, 23, dtype=torch.bool)
+    resets[1, 13] = True
+    check_masks_are_exact(mixer, data(3, 23, seed=1), valid, resets)
+    state = mixer.init_state(1)
+    assert mixer.state_size() == sum(t.numel() for t in state if t.is_floating_point())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, state = mixer(data(2, 37, seed=3))
+    assert torch.isfinite(y).all() and all(t.dtype in (torch.float32, torch.bool) for t in state)
