@@ -79,3 +79,23 @@ def test_bf16_autocast_trains_with_an_fp32_state(name):
     assert all(t.dtype in (torch.float32, torch.bool) for t in state), "the state stays fp32 under autocast"
     err = ((y.float() - want).norm() / want.norm()).item()
     assert err < 5e-2, f"bf16 autocast output differs from fp32 by {err:.2e}"
+
+
+
+def test_xl_compressive_memory_generic_checks():
+    """Transformer-XL with a compressive memory (same_length: exact in every form) through the same checks."""
+    options = {"mem_len": 5, "cmem_len": 3, "cmem_rate": 2, "same_length": True}
+    mixer = make_mixer("xl", D, options)
+    check_forms_agree(mixer, data(2, 19, seed=19))
+    valid = torch.ones(3, 23, dtype=torch.bool)
+    valid[0, 17:] = False
+    valid[1, :6] = False
+    valid[2, 5:9] = False
+    resets = torch.zeros(3, 23, dtype=torch.bool)
+    resets[1, 13] = True
+    check_masks_are_exact(mixer, data(3, 23, seed=1), valid, resets)
+    state = mixer.init_state(1)
+    assert mixer.state_size() == sum(t.numel() for t in state if t.is_floating_point())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, state = mixer(data(2, 37, seed=3))
+    assert torch.isfinite(y).all() and all(t.dtype in (torch.float32, torch.bool) for t in state)

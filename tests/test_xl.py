@@ -1,4 +1,4 @@
-"""Transformer-XL attention against the paper's equations, written out in float64."""
+"""Transformer-XL attention, and its compressive memory, against the papers' equations written out in float64."""
 
 import math
 
@@ -8,7 +8,7 @@ import torch
 from lamina.errors import LaminaError
 from lamina.mixers import mixer_class, reset_state
 from lamina.mixers.xl import XLOptions
-from mixer_harness import assert_finite_stream, check_forms_agree, rel_err, run_in_chunks
+from mixer_harness import assert_finite_stream, check_forms_agree, check_lm_carries_state, rel_err, run_in_chunks
 
 D = 32
 
@@ -22,23 +22,27 @@ def make(**options):
     return mixer
 
 
-def paper_reference(mixer, x, memory=None, valid_mem=None):
+def paper_reference(mixer, x, memory=None, valid_mem=None, cmem=None):
     """Section 3.3 term by term, one (query, key) pair at a time, in float64.
 
     ``memory [B, M, D]`` holds the previous hidden states (``valid_mem`` marks
-    real ones); query ``i`` sits at position ``M + i`` of ``[memory; x]``.
+    real ones) and ``cmem [B, C, D]`` compressed ones before them (Rae et al.
+    2020: one position per slot); query ``i`` sits at position ``C + M + i`` of
+    ``[cmem; memory; x]``. ``same_length`` limits the span of uncompressed keys.
     """
     x = x.double()
     B, T, _ = x.shape
     M = 0 if memory is None else memory.shape[1]
-    hidden = x if memory is None else torch.cat([memory.double(), x], dim=1)
+    C = 0 if cmem is None else cmem.shape[1]
+    hidden = torch.cat([t.double() for t in (cmem, memory, x) if t is not None], dim=1)
     valid_mem = torch.ones(B, M, dtype=torch.bool) if valid_mem is None else valid_mem
+    valid_mem = torch.cat([torch.ones(B, C, dtype=torch.bool), valid_mem], dim=1)
     H, Dh = mixer.heads, mixer.head_dim
     w_q, w_kv = mixer.q.weight.double(), mixer.kv.weight.double()
     w_r, w_o = mixer.r.weight.double(), mixer.out.weight.double()
     u, v_bias = mixer.u.double(), mixer.v.double()
     q = (x @ w_q.T).view(B, T, H, Dh)
-    k, v = (hidden @ w_kv.T).view(B, M + T, 2, H, Dh).unbind(2)
+    k, v = (hidden @ w_kv.T).view(B, C + M + T, 2, H, Dh).unbind(2)
     clamp, same_length = mixer.options.clamp_len, mixer.options.same_length
     span = mixer.mem_len  # under same_length: the query and the mem_len positions before it
 
@@ -51,9 +55,9 @@ def paper_reference(mixer, x, memory=None, valid_mem=None):
         for h in range(H):
             for i in range(T):
                 scores, values = [], []
-                for j in range(M + T):
-                    d = M + i - j
-                    if d < 0 or (j < M and not valid_mem[b, j]) or (same_length and d > span):
+                for j in range(C + M + T):
+                    d = C + M + i - j
+                    if d < 0 or (j < C + M and not valid_mem[b, j]) or (same_length and j >= C and d > span):
                         continue
                     wr = (w_r @ R(d if clamp is None else min(d, clamp))).view(H, Dh)[h]
                     qi, kj = q[b, i, h], k[b, j, h]
@@ -177,7 +181,15 @@ def test_reset_state_forgets():
 
 @pytest.mark.parametrize(
     "options,word",
-    [({"heads": 5}, "heads"), ({"mem_len": -1}, "mem_len"), ({"clamp_len": -2}, "clamp_len")],
+    [
+        ({"heads": 5}, "heads"),
+        ({"mem_len": -1}, "mem_len"),
+        ({"clamp_len": -2}, "clamp_len"),
+        ({"mem_len": 4, "cmem_len": -1}, "cmem_len"),
+        ({"cmem_len": 4}, "needs mem_len > 0"),
+        ({"mem_len": 4, "cmem_len": 2, "cmem_rate": 0}, "cmem_rate"),
+        ({"mem_len": 4, "cmem_len": 2, "compress": "conv"}, "compress must be one of mean, max"),
+    ],
 )
 def test_bad_options_are_named(options, word):
     with pytest.raises(LaminaError, match=word):
@@ -187,3 +199,195 @@ def test_bad_options_are_named(options, word):
 def test_long_stream_finite():
     mixer = make(mem_len=64, clamp_len=200, same_length=True)
     assert_finite_stream(mixer, D, total=100_000, chunk=2048)
+
+
+# ------------------------------------------------------------------ compressive memory (Rae et al. 2020)
+
+
+def compressive_reference(mixer, x, sizes):
+    """Rae et al. 2020, section 3 (algorithm 1) for one layer, segment by segment, in float64.
+
+    Each segment attends over ``[cmem; memory; segment]`` (:func:`paper_reference`);
+    then the states before the last ``mem_len`` leave the memory, in order,
+    wait until ``c`` of them are there, and every ``c`` are pooled into one
+    compressed memory, which keeps its last ``cmem_len``. Returns the outputs
+    and the final ``(memory, cmem, pending)``, each ``[B, n, D]``.
+    """
+    c, C, M = mixer.options.cmem_rate, mixer.cmem_len, mixer.mem_len
+    x = x.double()
+    B, _, D = x.shape
+    memory, cmem, pending = (x.new_zeros(B, 0, D) for _ in range(3))
+    outputs, start = [], 0
+    for size in sizes:
+        segment = x[:, start : start + size]
+        start += size
+        outputs.append(paper_reference(mixer, segment, memory, cmem=cmem))
+        joined = torch.cat([memory, segment], 1)
+        pending = torch.cat([pending, joined[:, : max(0, joined.shape[1] - M)]], 1)
+        memory = joined[:, -M:]
+        while pending.shape[1] >= c:
+            group = pending[:, :c]
+            pooled = group.sum(1) / c if mixer.options.compress == "mean" else group.max(1).values
+            cmem = torch.cat([cmem, pooled[:, None]], 1)[:, -C:]
+            pending = pending[:, c:]
+    return torch.cat(outputs, 1), (memory, cmem, pending)
+
+
+def real_entries(state):
+    """(memory, compressed memory, pending) of a compressive xl state: the real entries of each, ``[B, n, D]``."""
+    B, D = state[0].shape[0], state[0].shape[-1]
+    return tuple(state[i][state[i + 1]].view(B, -1, D) for i in (0, 2, 4))
+
+
+def assert_matches_reference(mixer, x, y, state, sizes):
+    """Outputs, final state and input gradients against :func:`compressive_reference` under ``sizes``."""
+    want, want_state = compressive_reference(mixer, x, sizes)
+    assert rel_err(y, want) < 1e-5
+    for got, ref in zip(real_entries(state), want_state):
+        assert got.shape == ref.shape and rel_err(got, ref) < 1e-6
+    weight = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grad, = torch.autograd.grad((y * weight.float()).sum(), x)
+    grad_ref, = torch.autograd.grad((want * weight).sum(), x)
+    assert rel_err(grad, grad_ref) < 1e-5
+
+
+CMEM = [
+    {"cmem_rate": 2},
+    {"cmem_rate": 3, "compress": "max"},
+    {"cmem_rate": 1, "clamp_len": 6},
+    {"cmem_rate": 4, "compress": "max", "clamp_len": 9},
+]
+
+
+@pytest.mark.parametrize("options", CMEM)
+def test_compressive_matches_reference(options):
+    """Uneven segments, odd lengths: the memory overflows into groups that wait, fill and overflow cmem_len."""
+    mixer = make(mem_len=4, cmem_len=3, **options)
+    x = torch.randn(2, 26, D, requires_grad=True)
+    sizes = [5, 3, 1, 7, 4, 6]
+    y, state = run_in_chunks(mixer, x, sizes)
+    assert state[3].all()  # the compressed memory is full
+    assert_matches_reference(mixer, x, y, state, sizes)
+
+
+@pytest.mark.parametrize("options", CMEM)
+def test_compressive_same_length_is_one_token_segments(options):
+    """Under same_length one call computes what one-token segments of the paper's algorithm compute."""
+    mixer = make(mem_len=3, cmem_len=2, same_length=True, **options)
+    x = torch.randn(2, 17, D, requires_grad=True)
+    y, state = mixer(x)
+    assert_matches_reference(mixer, x, y, state, [1] * 17)
+
+
+@pytest.mark.parametrize("options", CMEM)
+def test_compressive_forms_agree(options):
+    """Full == uneven chunks == token by token (outputs, states, gradients) with states compressed inside calls."""
+    check_forms_agree(make(mem_len=4, cmem_len=3, same_length=True, **options), torch.randn(2, 29, D), chunk=4)
+
+
+def test_compressive_lm_carries_state():
+    from lamina.config import from_dict
+    from lamina.models.lm import LM, ModelConfig
+
+    options = {"heads": 4, "mem_len": 5, "cmem_len": 3, "cmem_rate": 2, "same_length": True}
+    model = LM(from_dict(ModelConfig, {"d_model": D, "layers": ["xl", "xl"], "mixers": {"xl": options}}, "model"), 256)
+    check_lm_carries_state(model, length=31, cuts=(12, 13))
+
+
+@pytest.mark.parametrize("compress", ["mean", "max"])
+def test_compressed_memory_holds_pooled_states(compress):
+    mixer = make(mem_len=4, cmem_len=3, cmem_rate=2, compress=compress)
+    x = torch.randn(2, 15, D)
+
+    def pooled(*starts):
+        groups = [x[:, a : a + 2] for a in starts]
+        return torch.stack([g.mean(1) if compress == "mean" else g.amax(1) for g in groups], 1)
+
+    with torch.no_grad():
+        _, state = mixer(x[:, :12])  # states 0..7 leave the memory: (0, 1) .. (6, 7), the last three kept
+        assert torch.equal(state[0], x[:, 8:12]) and state[3].all() and not state[5].any()
+        assert rel_err(state[2], pooled(2, 4, 6)) < 1e-7
+        _, state = mixer(x[:, 12:], state)  # 8, 9 and 10 leave: (8, 9) is compressed, 10 waits for 11
+        assert rel_err(state[2], pooled(4, 6, 8)) < 1e-7
+        assert torch.equal(state[4][:, 0], x[:, 10]) and state[5].all()
+
+
+def test_compressed_memory_is_read():
+    """Compressed slots change the outputs: pooled states the memory no longer holds are attended to."""
+    x = torch.randn(2, 20, D)
+    with torch.no_grad():
+        y, _ = run_in_chunks(make(mem_len=4, cmem_len=3, cmem_rate=2), x, [10, 10])
+        y_plain, _ = run_in_chunks(make(mem_len=4), x, [10, 10])
+    assert rel_err(y[:, :10], y_plain[:, :10]) < 1e-6  # nothing compressed yet
+    assert rel_err(y[:, 10:], y_plain[:, 10:]) > 1e-3
+
+
+def test_cmem_len_zero_changes_nothing():
+    x = torch.randn(2, 13, D)
+    with torch.no_grad():
+        y, state = run_in_chunks(make(mem_len=5), x, [6, 7])
+        other = make(mem_len=5, cmem_len=0, cmem_rate=4, compress="max")
+        y_other, state_other = run_in_chunks(other, x, [6, 7])
+    assert torch.equal(y, y_other) and len(state_other) == 2
+    assert all(torch.equal(a, b) for a, b in zip(state, state_other))
+    assert other.state_size() == 5 * D
+
+
+def test_compressive_state_is_fixed_in_shape_and_counted():
+    mixer = make(mem_len=6, cmem_len=4, cmem_rate=3)
+    state = mixer.init_state(3)
+    assert [tuple(t.shape) for t in state] == [(3, 6, D), (3, 6), (3, 4, D), (3, 4), (3, 2, D), (3, 2)]
+    _, new = mixer(torch.randn(3, 11, D), state)
+    assert [t.shape for t in new] == [t.shape for t in state]
+    assert [t.dtype for t in new] == [torch.float32, torch.bool] * 3
+    assert mixer.state_size() == (6 + 4 + 2) * D  # memory, compressed memory and pending states
+
+
+def test_mem_len_changed_at_evaluation_keeps_the_compressed_memory():
+    mixer = make(mem_len=4, cmem_len=3, cmem_rate=2)
+    x = torch.randn(2, 15, D)
+    with torch.no_grad():
+        _, state = mixer(x[:, :12])  # memory 8..11, compressed (2, 3), (4, 5), (6, 7), nothing pending
+        mixer.mem_len = 6  # two empty slots, counted as positions: the memory fills up, then 8 leaves
+        y, longer = mixer(x[:, 12:], state)
+        memory = torch.cat([torch.zeros(2, 2, D), x[:, 8:12]], 1)
+        valid = torch.tensor([False, False, True, True, True, True]).expand(2, 6)
+        assert rel_err(y, paper_reference(mixer, x[:, 12:], memory, valid, cmem=state[2])) < 1e-5
+        assert torch.equal(longer[2], state[2]) and torch.equal(longer[4][:, 0], x[:, 8])
+        mixer.mem_len = 3  # shorter: 8 is dropped, not compressed; 9 and 10 are, 11 waits
+        y, shorter = mixer(x[:, 12:], state)
+        assert rel_err(y, paper_reference(mixer, x[:, 12:], x[:, 9:12], cmem=state[2])) < 1e-5
+        assert rel_err(shorter[2][:, -1], x[:, 9:11].mean(1)) < 1e-7 and torch.equal(shorter[4][:, 0], x[:, 11])
+
+
+def test_lm_memory_keeps_cmem_len():
+    from lamina.config import from_dict
+    from lamina.models.lm import LM, ModelConfig
+
+    options = {"heads": 4, "mem_len": 8, "cmem_len": 6, "cmem_rate": 3}
+    model = LM(from_dict(ModelConfig, {"d_model": D, "layers": ["xl"], "mixers": {"xl": options}}, "model"), 256)
+    with model.memory(mem_len=20):
+        assert model.state_size() == (20 + 6 + 2) * D
+    assert model.state_size() == (8 + 6 + 2) * D
+
+
+def test_groups_follow_the_valid_entries_in_order():
+    """Rows at different places in their groups, with empty slots between real entries, as masks and refits leave."""
+    from lamina.mixers import kv_memory
+    from lamina.ops import pool_groups
+
+    stream = torch.arange(1.0, 8.0).view(1, 7, 1).expand(2, 7, 1)
+    valid = torch.tensor([[0, 1, 0, 1, 1, 1, 0], [1, 1, 0, 0, 1, 0, 0]], dtype=torch.bool)
+    (grouped,), complete, (rest,), rest_valid = kv_memory.split_groups((stream,), valid, 2)
+    assert complete.tolist() == [[True, True, False], [True, False, False]]
+    assert pool_groups(grouped, 2, "mean")[..., 0][complete].tolist() == [3.0, 5.5, 1.5]
+    assert pool_groups(grouped, 2, "max")[..., 0][complete].tolist() == [4.0, 6.0, 2.0]
+    assert rest[..., 0].tolist() == [[0.0], [5.0]] and rest_valid.tolist() == [[False], [True]]
+    (memory,), kept = kv_memory.push((torch.ones(2, 2, 1),), torch.tensor([[False, True]] * 2), (rest,), rest_valid)
+    assert memory[..., 0].tolist() == [[0.0, 1.0], [1.0, 5.0]] and kept.tolist() == [[False, True], [True, True]]
+
+
+@pytest.mark.slow
+def test_long_stream_finite_with_compressed_memory():
+    mixer = make(mem_len=64, cmem_len=32, cmem_rate=3, clamp_len=200, same_length=True)
+    assert_finite_stream(mixer, D, total=100_000, chunk=512)

@@ -4,7 +4,9 @@ An attention memory is a tuple of per-token tensors ``[B, M, ...]`` (keys,
 values, whatever else a mixer keeps per key) for the last ``M`` tokens, plus a
 ``[B, M]`` validity mask; empty slots are on the left. Each call attends over
 ``[memory ; segment]`` and keeps the last ``M`` entries of it (Transformer-XL's
-segment recurrence, Dai et al. 2019, section 3.2).
+segment recurrence, Dai et al. 2019, section 3.2). A compressive memory
+(Rae et al. 2020) is a second such memory, fed in groups of the entries that
+leave the first: :func:`split_groups` and :func:`push`.
 
 :class:`Segments` serves the mixers that work on fixed segments of the stream
 (Infini-attention, the Block-Recurrent Transformer): their state carries the
@@ -180,3 +182,47 @@ class Segments:
 def _masked(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """``t [B, L, ...]`` with the positions where ``keep [B, L]`` is False set to zero."""
     return t * keep.view(*keep.shape, *([1] * (t.dim() - 2))).to(t.dtype)
+
+
+def compact(memory: Tensors, valid: torch.Tensor, *, left: bool = False) -> tuple[Tensors, torch.Tensor]:
+    """The valid slots moved, in order, to the right end (``left``: the left end); the others empty (zeros)."""
+    key = (~valid if left else valid).to(torch.uint8)
+    order = torch.argsort(key, dim=1, stable=True)
+    valid = valid.gather(1, order)
+    packed = []
+    for t in memory:
+        shape = (*order.shape, *([1] * (t.dim() - 2)))
+        t = t.gather(1, order.view(shape).expand_as(t))
+        packed.append(torch.where(valid.view(shape), t, torch.zeros((), dtype=t.dtype, device=t.device)))
+    return tuple(packed), valid
+
+
+def push(memory: Tensors, valid: torch.Tensor, new: Tensors, new_valid: torch.Tensor) -> tuple[Tensors, torch.Tensor]:
+    """A first-in first-out memory after the valid entries of ``new`` arrive: its last ``M`` entries, in its dtype."""
+    joined = tuple(torch.cat([m, n.to(m.dtype)], dim=1) for m, n in zip(memory, new))
+    joined, valid = compact(joined, torch.cat([valid, new_valid], dim=1))
+    return fit(joined, valid, memory[0].shape[1])
+
+
+def split_groups(
+    stream: Tensors, valid: torch.Tensor, rate: int
+) -> tuple[Tensors, torch.Tensor, Tensors, torch.Tensor]:
+    """The valid entries of ``stream [B, N, ...]``, in order, cut into groups of ``rate``.
+
+    Returns ``(grouped, complete, rest, rest_valid)``: ``grouped`` holds the
+    entries packed to the left, ``[B, G * rate, ...]`` with ``G = N // rate``,
+    so that group ``g`` is slots ``[g * rate, (g + 1) * rate)``; ``complete``
+    (``[B, G]``) marks the groups that are full. The fewer than ``rate``
+    entries left over come back as a memory of ``rate - 1`` slots
+    (``rest``, ``rest_valid``), to open the next call's first group.
+    """
+    packed, packed_valid = compact(stream, valid, left=True)
+    N = valid.shape[1]
+    G = N // rate
+    count = valid.sum(1, keepdim=True)
+    full = count - count % rate  # entries in complete groups
+    slot = torch.arange(N, device=valid.device)[None]
+    complete = slot[:, :G] * rate < full
+    rest, rest_valid = compact(packed, packed_valid & (slot >= full))
+    rest, rest_valid = fit(rest, rest_valid, rate - 1)
+    return tuple(t[:, : G * rate] for t in packed), complete, rest, rest_valid

@@ -19,6 +19,7 @@ from lamina.ops.neural_memory import (
     neural_memory_reference,
     neural_memory_step,
 )
+from lamina.ops.pooling import pool_groups
 from lamina.ops.scan import gated_scan, gated_scan_chunk, gated_scan_reference, gated_scan_step
 
 __all__ = [
@@ -48,5 +49,6 @@ __all__ = [
     "neural_memory_reference",
     "neural_memory_step",
     "normalized_gates",
+    "pool_groups",
     "segsum",
 ]
