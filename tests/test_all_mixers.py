@@ -9,8 +9,10 @@ from mixer_harness import check_forms_agree, check_masks_are_exact, make_mixer, 
 
 D = 64
 # attention's (and Transformer-XL's) chunks equal the full run only while its memory covers them; HGRN2 with
-# one head normalises q.k away at T = 1 (zero gradients carry no information), so four heads
-OPTIONS = {"attn": {"mem_len": 64}, "fox": {"mem_len": 64}, "hgrn2": {"expand_ratio": 16}, "xl": {"mem_len": 64}}
+# one head normalises q.k away at T = 1 (zero gradients carry no information), so four heads; MAC's segments
+# are short enough that its calls cross them
+OPTIONS = {"attn": {"mem_len": 64}, "fox": {"mem_len": 64}, "hgrn2": {"expand_ratio": 16}, "xl": {"mem_len": 64},
+           "titans_mac": {"segment": 8}}
 
 
 def build(name):
