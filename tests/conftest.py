@@ -12,6 +12,15 @@ sys.path.insert(0, str(Path(__file__).parent))  # the shared mixer harness
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture
+def one_thread():
+    """For tiny models run as many small steps: one thread is faster than two competing for shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def find_shared_data() -> Path | None:
     """``shared/data`` beside the repository (or $LAMINA_SHARED_DATA)."""
     env = os.environ.get("LAMINA_SHARED_DATA")

@@ -18,6 +18,7 @@ OPTIONS = {
     "xl": {"mem_len": 64},
     "infini": {"segment": 6},
     "block_recurrent": {"segment": 8},
+    "titans_mac": {"segment": 8},
 }
 
 

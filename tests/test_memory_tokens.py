@@ -18,13 +18,7 @@ from lamina.train import load_model, train
 from mixer_harness import rel_err
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is faster than two competing for shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster than two competing
 
 
 def rmt(layers=("hgrn", "attn"), mem_len=256, m=4, segment=8, d=32):

@@ -1,5 +1,5 @@
 """Titans' neural memory: the op against the paper's equations (autograd on the memory's loss), its chunked
-form, and the ``titans`` mixer in every form."""
+form, and the ``titans`` (MAL), ``titans_mag`` and ``titans_mac`` mixers in every form."""
 
 import math
 
@@ -13,7 +13,8 @@ from lamina.mixers import mixer_class
 from lamina.models import LM
 from lamina.models.schedule import parse_layers
 from lamina.ops.neural_memory import neural_memory_chunk, neural_memory_reference
-from mixer_harness import assert_finite_stream, check_forms_agree, check_lm_carries_state, rel_err
+from lamina.ops.rotary import rotary
+from mixer_harness import assert_finite_stream, check_forms_agree, check_lm_carries_state, rel_err, run_in_chunks
 
 D = 16
 
@@ -133,20 +134,31 @@ def test_forms_agree(chunk_size, T):
     check_forms_agree(make(chunk_size=chunk_size, theta_max=0.5), data(T))
 
 
+def paper_memory_inputs(mixer, x):
+    """The memory's ``q, k, v``, ``theta``, ``log eta``, ``log(1 - alpha)`` for float64 ``x`` (sections 3.1, 4.4)."""
+    p = {n: t.detach().double() for n, t in mixer.memory.named_parameters()}
+    H, K = mixer.memory.heads, mixer.memory.head_dim
+    B, T, _ = x.shape
+    q, k, v = F.silu(x @ p["qkv.weight"].T).view(B, T, 3, H, K).unbind(2)
+    q, k = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
+    z = (x @ p["gates.weight"].T).view(B, T, 3, H) + p["gate_bias"]
+    eta, alpha = torch.sigmoid(z[:, :, 1]), torch.sigmoid(z[:, :, 2])
+    theta = mixer.memory.theta_max * torch.sigmoid(z[:, :, 0]) * (1 - eta)
+    return q, k, v, theta, eta.log(), (1 - alpha).log()
+
+
+def rms(o, weight):
+    return o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-5) * weight
+
+
 def paper_layer(mixer, x):
     """MAL written out in float64 from the paper (sections 3.1, 3.2, 4.3, 4.4): ``(y, M, S)``."""
     p = {n: t.detach().double() for n, t in mixer.named_parameters()}
     H, K, b = mixer.memory.heads, mixer.memory.head_dim, mixer.memory.chunk_size
     x = x.double()
     B, T, _ = x.shape
-    q, k, v = F.silu(x @ p["memory.qkv.weight"].T).view(B, T, 3, H, K).unbind(2)
-    q, k = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
-    z = (x @ p["memory.gates.weight"].T).view(B, T, 3, H) + p["memory.gate_bias"]
-    eta, alpha = torch.sigmoid(z[:, :, 1]), torch.sigmoid(z[:, :, 2])
-    theta = mixer.memory.theta_max * torch.sigmoid(z[:, :, 0]) * (1 - eta)
-    o, (M, S, _) = paper_memory(q, k, v, theta, eta.log(), (1 - alpha).log(), b)
-    o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-5) * p["norm.weight"]
-    o = o * F.silu(x @ p["g_proj.weight"].T).view(B, T, H, K)
+    o, (M, S, _) = paper_memory(*paper_memory_inputs(mixer, x), b)
+    o = rms(o, p["norm.weight"]) * F.silu(x @ p["g_proj.weight"].T).view(B, T, H, K)
     return o.reshape(B, T, H * K) @ p["out.weight"].T, M, S
 
 
@@ -225,18 +237,11 @@ def test_mag_forms_agree(options, T):
 
 def paper_mag(mixer, x):
     """MAG in float64 (section 4.2): o = norm(SW-Attn*(x)) * sigmoid(norm(M(x))), attention written per query."""
-    from lamina.ops.rotary import rotary
-
     p = {n: t.detach().double() for n, t in mixer.named_parameters()}
     H, K, W = mixer.memory.heads, mixer.memory.head_dim, mixer.options.window
     x = x.double()
     B, T, _ = x.shape
-    q, k, v = F.silu(x @ p["memory.qkv.weight"].T).view(B, T, 3, H, K).unbind(2)
-    q, k = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
-    z = (x @ p["memory.gates.weight"].T).view(B, T, 3, H) + p["memory.gate_bias"]
-    eta, alpha = torch.sigmoid(z[:, :, 1]), torch.sigmoid(z[:, :, 2])
-    theta = mixer.memory.theta_max * torch.sigmoid(z[:, :, 0]) * (1 - eta)
-    y_mem, _ = paper_memory(q, k, v, theta, eta.log(), (1 - alpha).log(), mixer.memory.chunk_size)
+    y_mem, _ = paper_memory(*paper_memory_inputs(mixer, x), mixer.memory.chunk_size)
 
     qa, ka, va = (x @ p["qkv.weight"].T).view(B, T, 3, H, K).unbind(2)
     pos = torch.arange(T)
@@ -250,9 +255,6 @@ def paper_mag(mixer, x):
         weights = scores.softmax(-1)
         values = torch.cat([pv[None].expand(B, *pv.shape), va[:, lo:t + 1]], 1)
         y_attn[:, t] = torch.einsum("bhs,bshk->bhk", weights, values)
-
-    def rms(o, w):
-        return o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-5) * w
 
     o = rms(y_attn, p["attn_norm.weight"]) * torch.sigmoid(rms(y_mem, p["mem_norm.weight"]))
     return o.reshape(B, T, H * K) @ p["out.weight"].T
@@ -285,3 +287,115 @@ def test_mag_lm_carries_state_and_rejects_bad_options():
                          ({"chunk_size": 0}, "chunk_size")]:
         with pytest.raises(LaminaError, match=key):
             cls(D, cls.Options(**{"heads": 2, **options}))
+
+
+# --------------------------------------------------------------------------------- memory as context (MAC)
+
+
+def make_mac(seed=0, **options):
+    torch.manual_seed(seed)
+    cls = mixer_class("titans_mac")
+    mixer = cls(D, cls.Options(**{"heads": 2, "segment": 6, "persistent": 3, **options}))
+    with torch.no_grad():
+        mixer.memory.gate_bias.add_(torch.randn_like(mixer.memory.gate_bias))
+        mixer.persistent_kv.normal_()
+        mixer.attn_norm.weight.uniform_(0.5, 1.5)
+        mixer.mem_norm.weight.uniform_(0.5, 1.5)
+        mixer.y_norm.weight.uniform_(0.5, 1.5)
+    return mixer
+
+
+@pytest.mark.parametrize("options, T", [({}, 2), ({}, 13), ({}, 40), ({"segment": 1, "persistent": 0}, 2),
+                                        ({"segment": 1, "persistent": 0}, 13), ({"segment": 50}, 13)])
+def test_mac_forms_agree(options, T):
+    check_forms_agree(make_mac(theta_max=0.5, **options), data(T))
+
+
+def paper_mac(mixer, x):
+    """MAC in float64 (section 4.1), one segment at a time: ``(y, M)``.
+
+    h = M*(q) with the memory before the segment; attention per query over the persistent slots and
+    h_j, x_j for j <= i (rotary positions from the stream's start); y's memory update token by token
+    with the segment as the chunk (paper_memory); the output gate per head with the updated memory.
+    """
+    p = {n: t.detach().double() for n, t in mixer.named_parameters()}
+    H, K, C, base = mixer.memory.heads, mixer.memory.head_dim, mixer.options.segment, mixer.options.rope_base
+    x = x.double()
+    B, T, _ = x.shape
+    pk, pv = p["persistent_kv"]
+    memory = None  # (M, S, anchor): empty
+    outputs = []
+    for start in range(0, T, C):
+        xs = x[:, start:start + C]
+        n, pos = xs.shape[1], torch.arange(start, start + xs.shape[1])
+        M = torch.zeros(B, H, K, K, dtype=torch.float64) if memory is None else memory[0]
+        h = torch.einsum("bthk,bhkv->bthv", paper_memory_inputs(mixer, xs)[0], M)  # h_t = M*_{t-1}(q_t)
+        hk, hv = (h.reshape(B, n, H * K) @ p["memory_kv.weight"].T).view(B, n, 2, H, K).unbind(2)
+        q, xk, xv = (xs @ p["qkv.weight"].T).view(B, n, 3, H, K).unbind(2)
+        qr, hk, xk = rotary(q, pos, base), rotary(hk, pos, base), rotary(xk, pos, base)
+        y_attn = torch.zeros(B, n, H, K, dtype=torch.float64)
+        for i in range(n):
+            scores = torch.cat([torch.einsum("bhk,phk->bhp", q[:, i], pk),  # persistent: no position
+                                torch.einsum("bhk,bshk->bhs", qr[:, i], hk[:, :i + 1]),
+                                torch.einsum("bhk,bshk->bhs", qr[:, i], xk[:, :i + 1])], -1) / math.sqrt(K)
+            values = torch.cat([pv[None].expand(B, *pv.shape), hv[:, :i + 1], xv[:, :i + 1]], 1)
+            y_attn[:, i] = torch.einsum("bhs,bshk->bhk", scores.softmax(-1), values)
+        y = rms(y_attn.reshape(B, n, H * K) @ p["attn_out.weight"].T, p["y_norm.weight"])
+        y_mem, memory = paper_memory(*paper_memory_inputs(mixer, y), C, memory)  # M_t, read per token
+        outputs.append(rms(y_attn, p["attn_norm.weight"]) * torch.sigmoid(rms(y_mem, p["mem_norm.weight"])))
+    return torch.cat(outputs, 1).reshape(B, T, H * K) @ p["out.weight"].T, memory[0]
+
+
+@pytest.mark.parametrize("segment", [1, 5])
+def test_mac_matches_equations_in_float64(segment):
+    mixer = make_mac(segment=segment, theta_max=0.5)
+    x = data(23)
+    want_y, want_M = paper_mac(mixer, x)
+    y, state = mixer(x)
+    assert rel_err(y, want_y) < 1e-5 and rel_err(state[0], want_M) < 1e-5
+    assert state[3].tolist() == [[23 % segment]] * 2
+    with torch.no_grad():  # decoding reads the memory at the segment's start, not the one updated since
+        y, _ = run_in_chunks(mixer, x, [1] * 23)
+    assert rel_err(y, want_y) < 1e-5
+
+
+def test_mac_is_causal_and_reads_earlier_segments():
+    """A change at token 9 leaves earlier outputs alone, and reaches the next segment through the memory only."""
+    mixer = make_mac(segment=6, theta_max=0.5)
+    x = data(18)
+    x2 = x.clone()
+    x2[:, 9] += 1
+    with torch.no_grad():
+        y, _ = mixer(x)
+        y2, _ = mixer(x2)
+    assert torch.equal(y[:, :9], y2[:, :9]) and rel_err(y2[:, 12:], y[:, 12:]) > 1e-3
+    with torch.no_grad():  # with the memory's write switched off, the next segment does not see token 9
+        mixer.memory.gate_bias[0].fill_(-1e4)  # theta = 0
+        y, _ = mixer(x)
+        y2, _ = mixer(x2)
+    assert rel_err(y2[:, 12:], y[:, 12:]) == 0 and rel_err(y2[:, 9:12], y[:, 9:12]) > 1e-3
+
+
+def test_mac_state_size_formula():
+    mixer = make_mac(segment=7)
+    assert mixer.state_size() == 3 * 2 * 8 * 8 + 1 + 4 * 6 * 2 * 8  # memory, then the segment's h and x keys, values
+    assert mixer.state_size() == sum(t[0].numel() for t in mixer.init_state(1))
+
+
+def test_mac_stream_100k_tokens(one_thread):
+    """The default segment; a call runs segment by segment, many small steps, faster on one thread."""
+    assert_finite_stream(make_mac(segment=64), D)
+
+
+def test_mac_lm_carries_state_and_rejects_bad_options():
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=32, layers=["titans_mac", "titans"],
+                      mixers={"titans_mac": {"heads": 2, "segment": 4}, "titans": {"heads": 2}})
+    check_lm_carries_state(LM(cfg, 257).eval(), cuts=(5, 6))
+    cls = mixer_class("titans_mac")
+    for options, key in [({"segment": 0}, "segment"), ({"persistent": -1}, "persistent"),
+                         ({"head_dim": 3}, "head width"), ({"theta_max": -1.0}, "theta_max")]:
+        with pytest.raises(LaminaError, match=key):
+            cls(D, cls.Options(**{"heads": 2, **options}))
+    with pytest.raises(LaminaError, match="allowed keys"):
+        parse_layers([{"titans_mac": {"chunk_size": 8}}])

@@ -19,6 +19,7 @@ from lamina.mixers import (  # noqa: F401  (registration)
     rglru,
     rnn,
     titans,
+    titans_mac,
     xl,
 )
 from lamina.mixers.base import Mixer, State, detach_state, mixer_class, mixer_names, register, reset_state

@@ -40,8 +40,12 @@ last ``window - 1`` tokens, so carried chunks equal the full run. The
 persistent tokens enter the attention only (the paper also feeds them to the
 memory at the sequence's start).
 
+``titans_mac``, the memory as context (section 4.1), lives in
+:mod:`lamina.mixers.titans_mac`; it shares ``NeuralMemoryBranch`` and, with
+MAG, ``TitansAttention`` (the persistent slots, rotary attention and gate).
+
 Left out: the paper's short depthwise convolutions after q, k, v, its deep
-(MLP) memory, persistent memory tokens for MAL, and memory as context (MAC).
+(MLP) memory, and persistent memory tokens for MAL.
 
 Initialisation: the ``nn.Linear`` weights are the model's (N(0, 0.02), ``out``
 scaled for depth). Gate biases: ``b_theta = 0`` (theta = theta_max (1 - eta) / 2),
@@ -62,7 +66,7 @@ from torch import nn
 from lamina.errors import LaminaError
 from lamina.mixers import kv_memory
 from lamina.mixers.base import Mixer, State, register
-from lamina.ops.neural_memory import neural_memory, neural_memory_step
+from lamina.ops.neural_memory import neural_memory, neural_memory_read, neural_memory_step
 from lamina.ops.rotary import rotary
 
 
@@ -130,6 +134,12 @@ class NeuralMemoryBranch(nn.Module):
         theta = self.theta_max * torch.sigmoid(z[0]) * torch.sigmoid(-z[1])  # ... * (1 - eta)
         return q, k, v, theta, log_eta, log_keep
 
+    def read(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """``q(x) memory`` for ``x [B, T, d]`` and ``memory [B, H, K, V]``: a retrieval that writes nothing."""
+        q = F.silu(F.linear(x, self.qkv.weight[: self.heads * self.head_dim])).unflatten(-1, (self.heads, -1))
+        q = F.normalize(q.to(torch.promote_types(q.dtype, memory.dtype)), dim=-1, eps=1e-6)
+        return neural_memory_read(q, memory)
+
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         pos = state[3]
         o, memory = neural_memory(*self._inputs(x), chunk_size=self.chunk_size, initial_state=state[:3],
@@ -187,25 +197,21 @@ class TitansMAGOptions(TitansOptions):
     rope_base: float = 10000.0
 
 
-@register("titans_mag")
-class TitansMAG(Mixer):
-    """Titans' memory as a gate on sliding-window attention (MAG, section 4.2).
+class TitansAttention(Mixer):
+    """What MAG and MAC share (a base class, not a registered mixer): the memory branch, attention over
+    ``persistent`` learned key/value slots and rotary-positioned keys, and the gate combining them.
 
-    Persistent keys and values are initialised N(0, 0.02), like the model's linear layers.
+    Persistent keys and values are initialised N(0, 0.02), like the model's linear layers. Subclasses
+    define ``Options`` with ``persistent`` and ``rope_base`` and pass the memory's options.
     """
 
-    Options = TitansMAGOptions
-    forms = ("recurrent", "chunk")
-
-    def __init__(self, d_model: int, options: TitansMAGOptions, layer_idx: int = 0, n_layers: int = 1):
+    def __init__(self, d_model: int, options, layer_idx: int, n_layers: int, memory_options: TitansOptions):
         super().__init__(d_model, options, layer_idx, n_layers)
-        self.memory = NeuralMemoryBranch(d_model, options, self.name)
+        self.memory = NeuralMemoryBranch(d_model, memory_options, self.name)
         H, K = self.memory.heads, self.memory.head_dim
         if K % 2:
             raise LaminaError(f"{self.name}: the head width {K} must be even for rotary positions; "
                               "change heads or head_dim")
-        if not isinstance(options.window, int) or options.window < 1:
-            raise LaminaError(f"{self.name}: window must be an integer >= 1, got {options.window!r}")
         if not isinstance(options.persistent, int) or options.persistent < 0:
             raise LaminaError(f"{self.name}: persistent must be an integer >= 0, got {options.persistent!r}")
         self.qkv = nn.Linear(d_model, 3 * H * K, bias=False)
@@ -218,6 +224,44 @@ class TitansMAG(Mixer):
     def reset_parameters(self) -> None:
         self.memory.reset_parameters()
         nn.init.normal_(self.persistent_kv, std=0.02)
+
+    def _attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, q_positions: torch.Tensor,
+                   k_positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Softmax attention of ``q [B, T, H, K]`` over the persistent slots (always visible, no position)
+        and ``keys, values [B, N, H, K]`` under ``mask [B, 1, T, N]``, rotary positions ``[T]`` and ``[N]``.
+        """
+        B, _, H, K = q.shape
+        P, base = self.options.persistent, self.options.rope_base
+        # persistent keys carry no position: their scores use the unrotated query, in a second half of
+        # the head width (zeros elsewhere), so one attention call covers both kinds of key
+        pk, pv = (t.to(q.dtype)[None].expand(B, P, H, K) for t in self.persistent_kv)
+        keys = rotary(keys, k_positions, base)
+        keys = torch.cat([torch.cat([torch.zeros_like(pk), pk], -1), torch.cat([keys, torch.zeros_like(keys)], -1)], 1)
+        queries = torch.cat([rotary(q, q_positions, base), q], -1)
+        values = torch.cat([pv, values], 1)
+        mask = torch.cat([mask.new_ones(B, 1, q.shape[1], P), mask], -1)
+        y = F.scaled_dot_product_attention(queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
+                                           attn_mask=mask, scale=K**-0.5)
+        return y.transpose(1, 2)
+
+    def _combine(self, y_attn: torch.Tensor, y_mem: torch.Tensor) -> torch.Tensor:
+        """``RMSNorm(y_attn) * sigmoid(RMSNorm(y_mem))`` per head, then ``W_out`` (the paper's gate, section 4.2)."""
+        dtype = self.attn_norm.weight.dtype  # the norms run in their weights' dtype (fp32 under autocast)
+        o = self.attn_norm(y_attn.to(dtype)) * torch.sigmoid(self.mem_norm(y_mem.to(dtype)))
+        return self.out(o.flatten(-2))
+
+
+@register("titans_mag")
+class TitansMAG(TitansAttention):
+    """Titans' memory as a gate on sliding-window attention (MAG, section 4.2)."""
+
+    Options = TitansMAGOptions
+    forms = ("recurrent", "chunk")
+
+    def __init__(self, d_model: int, options: TitansMAGOptions, layer_idx: int = 0, n_layers: int = 1):
+        if not isinstance(options.window, int) or options.window < 1:
+            raise LaminaError(f"{self.name}: window must be an integer >= 1, got {options.window!r}")
+        super().__init__(d_model, options, layer_idx, n_layers, options)
 
     def init_state(self, batch: int, device=None, dtype=None) -> State:
         """The memory branch's state, then keys, values ``[B, window - 1, H, K]`` and their validity."""
@@ -235,30 +279,13 @@ class TitansMAG(Mixer):
     def _attend(self, x: torch.Tensor, window_state: State) -> tuple[torch.Tensor, State]:
         """Sliding-window attention with persistent slots: ``[B, T, H, K]`` and the new window state."""
         B, T, _ = x.shape
-        H, K, P = self.memory.heads, self.memory.head_dim, self.options.persistent
-        q, k, v = self.qkv(x).view(B, T, 3, H, K).unbind(2)
+        q, k, v = self.qkv(x).view(B, T, 3, self.memory.heads, self.memory.head_dim).unbind(2)
         (k_all, v_all), valid = kv_memory.extend(window_state[:2], (k, v), window_state[2])
         M = k_all.shape[1] - T
         positions = torch.arange(M + T, device=x.device)
-        base = self.options.rope_base
-        # persistent keys carry no position: their scores use the unrotated query, in a second half of
-        # the head width (zeros elsewhere), so one attention call covers both kinds of key
-        pk, pv = (t.to(q.dtype)[None].expand(B, P, H, K) for t in self.persistent_kv)
-        window_keys = rotary(k_all, positions, base)
-        keys = torch.cat([torch.cat([torch.zeros_like(pk), pk], -1),
-                          torch.cat([window_keys, torch.zeros_like(window_keys)], -1)], 1)
-        queries = torch.cat([rotary(q, positions[M:], base), q], -1)
-        values = torch.cat([pv, v_all], 1)
-        mask = kv_memory.causal_mask(valid, T, self.options.window)
-        mask = torch.cat([mask.new_ones(B, 1, T, P), mask], -1)
-        y = F.scaled_dot_product_attention(queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
-                                           attn_mask=mask, scale=K**-0.5)
-        return y.transpose(1, 2), kv_memory.keep_last(window_state, (k_all, v_all, valid))
-
-    def _combine(self, y_attn: torch.Tensor, y_mem: torch.Tensor) -> torch.Tensor:
-        dtype = self.attn_norm.weight.dtype  # the norms run in their weights' dtype (fp32 under autocast)
-        o = self.attn_norm(y_attn.to(dtype)) * torch.sigmoid(self.mem_norm(y_mem.to(dtype)))
-        return self.out(o.flatten(-2))
+        y = self._attention(q, k_all, v_all, positions[M:], positions,
+                            kv_memory.causal_mask(valid, T, self.options.window))
+        return y, kv_memory.keep_last(window_state, (k_all, v_all, valid))
 
     def forward_chunk(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         y_mem, memory = self.memory(x, state[:4])

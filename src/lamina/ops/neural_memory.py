@@ -54,6 +54,7 @@ Forms:
   ``theta = 0``) and adds nothing to ``M`` (its column of ``DA`` is zeroed:
   ``M_t = (1 - alpha_t) M_{t-1} + live_t S_t``). The backward pass is autograd.
 - :func:`neural_memory_step`: one token (decoding).
+- :func:`neural_memory_read`: ``q M`` with a given memory, no write.
 """
 
 from __future__ import annotations
@@ -106,6 +107,17 @@ def neural_memory_step(q_t, k_t, v_t, theta_t, log_eta_t, log_keep_t, state, end
     anchor = torch.where(ends_chunk.view(-1, 1, 1, 1), M, anchor)
     out = torch.einsum("bhk,bhkv->bhv", q_t.to(acc), M)
     return out.to(q_t.dtype), (M, S, anchor)
+
+
+@outside_autocast
+def neural_memory_read(q, memory):
+    """Retrieval without a write, ``q M``: ``q [B, T, H, K]``, ``memory [B, H, K, V]`` -> ``[B, T, H, V]``.
+
+    In the accumulation dtype of both (memory as context, section 4.1, reads the memory as it was
+    before a segment).
+    """
+    acc = acc_dtype(q, memory)
+    return torch.einsum("bthk,bhkv->bthv", q.to(acc), memory.to(acc))
 
 
 def neural_memory_reference(q, k, v, theta, log_eta, log_keep, *, chunk_size=1, initial_state=None,
