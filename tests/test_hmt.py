@@ -218,6 +218,25 @@ def test_gradient_reaches_segment_one_only_through_bptt():
     assert reached == 0 and (query_grad is None or query_grad.abs().sum() == 0)
 
 
+def test_sensory_memory_learns_to_copy_the_previous_segment():
+    """Segment 2 repeats segment 1 (random tokens): within segment 2 alone its next token is chance."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=32, layers=["attn", "attn"], mixers={"attn": {"heads": 2}},
+                      hmt=HMTConfig(segment=6, sensory=6, cache=1))
+    model = LM(cfg, 16)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    data = torch.Generator().manual_seed(1)
+    for _ in range(100):
+        seg = torch.randint(0, 16, (32, 6), generator=data)
+        _, state = model(seg)
+        logits, _ = model(seg, state)
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), seg[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.6 * math.log(16)
+
+
 def test_greedy_generation_equals_teacher_forcing_and_state_is_bounded():
     model = hmt(layers=("hgrn", "hgrn"))
     prompt = random_ids(11, batch=1, seed=8)[0]
