@@ -24,6 +24,23 @@ from lamina.errors import LaminaError
 
 
 @dataclass
+class HMTConfig:
+    """Hierarchical Memory Transformer options (He et al. 2024; see :mod:`lamina.models.hmt`)."""
+
+    segment: Optional[int] = None  # tokens per segment; null: train.seq_len
+    sensory: int = 8  # sensory memory: the last tokens of the previous segment, read before each segment
+    cache: int = 32  # long-term memory: the last memory embeddings kept for recall (FIFO)
+    summary_len: Optional[int] = None  # tokens summarised into the recall query; null: half a segment
+
+    def __post_init__(self):
+        for key, value, least in (("segment", self.segment, 1), ("sensory", self.sensory, 0),
+                                  ("cache", self.cache, 1), ("summary_len", self.summary_len, 1)):
+            if value is not None and value < least:
+                kind = "a positive integer" if least else "0 (none) or a positive integer"
+                raise LaminaError(f"model.hmt.{key} must be {kind}, got {value}")
+
+
+@dataclass
 class ModelConfig:
     """The generic LM: embedding, ``len(layers)`` pre-norm blocks, tied head.
 
@@ -44,8 +61,15 @@ class ModelConfig:
     # Recurrent Memory Transformer: memory tokens read and written per segment (0: off)
     memory_tokens: int = 0
     memory_segment: Optional[int] = None  # tokens per memory segment; null: train.seq_len
+    # Hierarchical Memory Transformer: a mapping of HMTConfig's keys ({} for the defaults); null: off
+    hmt: Optional[HMTConfig] = None
 
     def __post_init__(self):
+        if self.hmt is not None and self.memory_tokens:
+            raise LaminaError(
+                "model.hmt and model.memory_tokens are two segment memories and only one can be used; "
+                "set model.memory_tokens=0 or model.hmt=null"
+            )
         if self.memory_tokens < 0:
             raise LaminaError(f"model.memory_tokens must be 0 (off) or a positive integer, got {self.memory_tokens}")
         if self.memory_segment is not None and self.memory_segment < 1:
@@ -111,6 +135,8 @@ class Config:
     def __post_init__(self):
         if self.model.memory_tokens and self.model.memory_segment is None:
             self.model.memory_segment = self.train.seq_len  # memory segments are training segments
+        if self.model.hmt is not None and self.model.hmt.segment is None:
+            self.model.hmt.segment = self.train.seq_len
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -142,6 +168,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1 and dataclasses.is_dataclass(options[0]):  # an optional section: its own messages
+            return from_dict(options[0], value, where)
         errors = []
         for arg in args:
             if arg is type(None):

@@ -6,12 +6,14 @@ model's memory stays constant however long it generates. Attention layers keep
 a sliding key/value memory of ``mem_len + context - 1`` tokens: the most any
 query saw in training.
 
-A model with memory tokens (RMT, :mod:`lamina.models.memory_tokens`) updates
-its memory each time a segment of ``context`` tokens completes: the prompt is
-prefilled in whole segments, and decoded tokens accumulate in the layers'
-states until the segment is full, when the write memory runs. Its attention
-window grows by the ``2m`` memory positions of a segment, so the write
-positions see the whole segment; the decode state stays bounded.
+A model with a segment memory (memory tokens or HMT,
+:mod:`lamina.models.segments`) updates its memory each time a segment
+completes: the prompt is prefilled in ``context``-token pieces, and decoded
+tokens accumulate in the layers' states until the segment is full, when the
+write embeddings run. Its attention window grows by the read and write
+positions of a segment (``2m`` memory tokens; HMT's recalled embedding twice
+and its sensory memory), so the write positions see the whole segment; the
+decode state stays bounded.
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ def generate(
     model.eval()
     try:
         segment_memory = getattr(model, "segment_memory", None)
-        span = context if segment_memory is None else max(context, segment_memory.segment_len) + 2 * segment_memory.tokens
+        span = context
+        if segment_memory is not None:
+            span = max(context, segment_memory.segment_len) + segment_memory.extra_positions
         with model.memory(extra=span - 1):
             state = model.init_state(1, device)
             prompt = prompt.to(device)[None]

@@ -25,7 +25,9 @@ from torch import nn
 from lamina.config import ModelConfig
 from lamina.errors import LaminaError
 from lamina.mixers import Mixer, mixer_class
-from lamina.models.memory_tokens import SegmentMemory
+from lamina.models.hmt import HierarchicalMemory
+from lamina.models.memory_tokens import MemoryTokens
+from lamina.models.segments import SegmentMemory
 from lamina.models.schedule import LayerSpec, parse_layers
 
 
@@ -65,15 +67,26 @@ class Block(nn.Module):
         return x, state
 
 
+def segment_memory(config: ModelConfig, d_model: int) -> SegmentMemory | None:
+    """The segment memory ``config`` asks for, if any (the config allows one at most)."""
+    if config.hmt is not None:
+        return HierarchicalMemory(config.hmt, d_model)
+    if config.memory_tokens:
+        return MemoryTokens(config.memory_tokens, d_model, config.memory_segment)
+    return None
+
+
 class LM(nn.Module):
     """A causal LM over token ids whose state is the list of its layers' states.
 
-    With ``config.memory_tokens = m > 0`` it is a Recurrent Memory Transformer
-    (see :mod:`lamina.models.memory_tokens`): the ids are read in segments of
-    ``config.memory_segment`` tokens, each run as ``[read memory; tokens;
-    write memory]``, and the state is ``[memory state, layer states]``. A call
-    may hold any number of tokens: pieces of a segment accumulate in the
-    layers' states until it completes, then the write memory runs.
+    With a segment memory (:mod:`lamina.models.segments`) it is a Recurrent
+    Memory Transformer (``config.memory_tokens = m > 0``, see
+    :mod:`lamina.models.memory_tokens`) or a Hierarchical Memory Transformer
+    (``config.hmt``, see :mod:`lamina.models.hmt`): the ids are read in
+    segments, each run as ``[read; tokens; write]`` through the same blocks,
+    and the state is ``[memory state, layer states]``. A call may hold any
+    number of tokens: pieces of a segment accumulate in the layers' states
+    until it completes, then the write embeddings run.
     """
 
     def __init__(self, config: ModelConfig, vocab_size: int):
@@ -90,10 +103,7 @@ class LM(nn.Module):
             for i, s in enumerate(self.specs)
         )
         self.norm = nn.RMSNorm(d, eps=config.norm_eps)
-        self.memory_tokens = config.memory_tokens
-        self.segment_memory = (
-            SegmentMemory(config.memory_tokens, d, config.memory_segment) if config.memory_tokens else None
-        )
+        self.segment_memory = segment_memory(config, d)
         self.head = None if config.tie_embeddings else nn.Linear(d, vocab_size, bias=False)
         self.shared = nn.ParameterDict()
         for block in self.blocks:
@@ -120,13 +130,16 @@ class LM(nn.Module):
 
     # --- state API ----------------------------------------------------------------
     def init_state(self, batch: int, device=None, dtype=None) -> list:
-        layers = [block.mixer.init_state(batch, device, dtype) for block in self.blocks]
+        layers = self._layer_states(batch, device, dtype)
         if self.segment_memory is None:
             return layers
         return [self.segment_memory.init_state(batch, device), layers]
 
+    def _layer_states(self, batch: int, device=None, dtype=None) -> list:
+        return [block.mixer.init_state(batch, device, dtype) for block in self.blocks]
+
     def state_size(self) -> int:
-        """Floats carried per sequence between tokens, summed over layers (and the memory tokens)."""
+        """Floats carried per sequence between tokens, summed over layers (and the segment memory)."""
         size = sum(block.mixer.state_size() for block in self.blocks)
         return size + (self.segment_memory.state_size() if self.segment_memory is not None else 0)
 
@@ -171,14 +184,14 @@ class LM(nn.Module):
         if state is None:
             state = self.init_state(ids.shape[0], ids.device)
         masks = {k: v for k, v in (("valid", valid), ("resets", resets)) if v is not None}
-        x = self.embed_dropout(self.embed(ids))
+        x = self.embed_tokens(ids)
         if self.segment_memory is not None:
             if masks:
                 raise LaminaError(
-                    "model.memory_tokens > 0 does not take padding or reset masks: "
-                    "memory tokens are read and written per whole segment; use model.memory_tokens=0"
+                    f"a model with {self.segment_memory.name} does not take padding or reset masks: its memory is "
+                    f"read and written per whole segment; use {self.segment_memory.off}"
                 )
-            return self._forward_segments(x, state)
+            return self._forward_segments(ids, x, state)
         x, new_state = self._run_blocks(x, state, masks)
         return self._logits(self.norm(x)), new_state
 
@@ -192,21 +205,34 @@ class LM(nn.Module):
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(h) if self.head is not None else F.linear(h, self.embed.weight)
 
-    def _forward_segments(self, x: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
-        """RMT: token embeddings ``x`` read segment by segment between read and write memory."""
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of token ids (with embedding dropout)."""
+        return self.embed_dropout(self.embed(ids))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (after the final norm) of input embeddings ``x`` read from the empty layer state."""
+        h, _ = self._run_blocks(x, self._layer_states(x.shape[0], x.device), {})
+        return self.norm(h)
+
+    def _forward_segments(self, ids: torch.Tensor, x: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
+        """Token embeddings ``x`` read segment by segment between the segment memory's read and write embeddings."""
         memory_state, layer_states = state
         mem = self.segment_memory
-        m = mem.tokens
         logits = []
         for start, stop, read, write in mem.plan(mem.position(memory_state), x.shape[1]):
-            current = mem.current(memory_state).to(x.dtype)
-            parts = ([current] if read else []) + [x[:, start:stop]] + ([current] if write else [])
-            h, layer_states = self._run_blocks(torch.cat(parts, dim=1), layer_states, {})
+            n = stop - start
+            prefix, valid = mem.read(memory_state, self) if read else (x[:, :0], None)
+            suffix = mem.write(memory_state).to(x.dtype) if write else x[:, :0]
+            masks = {}
+            if valid is not None:  # some rows read fewer embeddings: the rest of their prefix is padding
+                masks["valid"] = torch.cat([valid, valid.new_ones(valid.shape[0], n + suffix.shape[1])], dim=1)
+            parts = torch.cat([prefix.to(x.dtype), x[:, start:stop], suffix], dim=1)
+            h, layer_states = self._run_blocks(parts, layer_states, masks)
             h = self.norm(h)
-            first = m if read else 0
-            logits.append(self._logits(h[:, first : first + stop - start]))
-            written = h[:, first + stop - start :] if write else None
-            memory_state = mem.advance(memory_state, stop - start, written)
+            first = prefix.shape[1]
+            logits.append(self._logits(h[:, first : first + n]))
+            written = h[:, first + n :] if write else None
+            memory_state = mem.advance(memory_state, ids[:, start:stop], written, self)
         if not logits:  # no tokens
             logits.append(self._logits(x))
         return torch.cat(logits, dim=1), [memory_state, layer_states]
@@ -220,7 +246,5 @@ class LM(nn.Module):
             f"parameters {self.num_parameters():,}, state {self.state_size():,} floats per sequence",
         ]
         if self.segment_memory is not None:
-            lines.append(
-                f"memory tokens {self.memory_tokens} (RMT), read and written every {self.segment_memory.segment_len} tokens"
-            )
+            lines.append(self.segment_memory.describe())
         return "\n".join(lines)

@@ -13,7 +13,8 @@ the current segment's memory in fp32, how many tokens of the current segment
 have been read, and whether the memory has been written at least once (before
 that, the learned initial memory is used, so the all-zeros state is the empty
 one and the initial memory keeps receiving gradients). All rows share one
-segment position: the streams are read in step.
+segment position: the streams are read in step (see
+:mod:`lamina.models.segments`).
 
 Initialisation: the learned initial memory ``[m, d]`` is N(0, 0.02), like the
 token embedding.
@@ -25,24 +26,27 @@ import torch
 from torch import nn
 
 from lamina.errors import LaminaError
+from lamina.models.segments import SegmentMemory
 
 MemoryState = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-class SegmentMemory(nn.Module):
-    """The learned initial memory and the bookkeeping of read and write positions."""
+class MemoryTokens(SegmentMemory):
+    """The learned initial memory; the same ``m`` vectors are read and written around each segment."""
+
+    name = "memory tokens"
+    off = "model.memory_tokens=0"
 
     def __init__(self, tokens: int, d_model: int, segment_len: int | None):
-        super().__init__()
         if tokens < 1:
             raise LaminaError(f"model.memory_tokens must be a positive integer (or 0: off), got {tokens}")
         if segment_len is None or segment_len < 1:
             raise LaminaError(
                 f"model.memory_segment must be a positive integer when model.memory_tokens > 0, got {segment_len}"
             )
+        super().__init__(segment_len)
         self.tokens = tokens
         self.d_model = d_model
-        self.segment_len = segment_len
         self.initial = nn.Parameter(torch.empty(tokens, d_model))
         self.reset_parameters()
 
@@ -57,37 +61,27 @@ class SegmentMemory(nn.Module):
         )
 
     def state_size(self) -> int:
-        """``m · d`` memory floats (the segment position and the written flag are bookkeeping, as attention's masks)."""
+        """``m · d`` memory floats (the segment position and the written flag are bookkeeping, like masks)."""
         return self.tokens * self.d_model
+
+    @property
+    def extra_positions(self) -> int:
+        return 2 * self.tokens
 
     def current(self, state: MemoryState) -> torch.Tensor:
         """The memory of the current segment, ``[B, m, d]``: written, or the learned initial one."""
         memory, _, started = state
         return torch.where(started[:, None, None], memory, self.initial.to(memory.dtype))
 
-    @staticmethod
-    def position(state: MemoryState) -> int:
-        """Tokens of the current segment read so far (shared by every row)."""
-        return int(state[1][0]) if state[1].numel() else 0
+    def read(self, state: MemoryState, model) -> tuple[torch.Tensor, None]:
+        return self.current(state), None
 
-    def plan(self, position: int, length: int) -> list[tuple[int, int, bool, bool]]:
-        """Cut ``length`` new tokens, starting ``position`` tokens into a segment, at segment ends.
+    def write(self, state: MemoryState) -> torch.Tensor:
+        return self.current(state)
 
-        Returns ``(start, stop, read, write)`` per piece: ``read`` when the
-        piece starts a segment (the read memory goes first), ``write`` when it
-        completes one (the write memory goes last).
-        """
-        pieces, start = [], 0
-        while start < length:
-            stop = min(length, start + self.segment_len - position)
-            pieces.append((start, stop, position == 0, position + stop - start == self.segment_len))
-            position = (position + stop - start) % self.segment_len
-            start = stop
-        return pieces
+    def advance(self, state: MemoryState, ids: torch.Tensor, written: torch.Tensor | None, model) -> MemoryState:
+        memory = state[0] if written is None else written.float()
+        return (memory, *self.counters(state, ids.shape[1], written is not None))
 
-    def advance(self, state: MemoryState, n: int, written: torch.Tensor | None) -> MemoryState:
-        """The state after ``n`` more tokens; ``written`` is the new memory when a segment completed."""
-        memory, filled, started = state
-        if written is not None:
-            return written.float(), torch.zeros_like(filled), torch.ones_like(started)
-        return memory, filled + n, started
+    def describe(self) -> str:
+        return f"memory tokens {self.tokens} (RMT), read and written every {self.segment_len} tokens"
