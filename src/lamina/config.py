@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -65,6 +65,11 @@ class ModelConfig:
     hmt: Optional[HMTConfig] = None
 
     def __post_init__(self):
+        if isinstance(self.hmt, dict):  # built in Python rather than loaded from YAML
+            unknown = sorted(set(self.hmt) - {f.name for f in fields(HMTConfig)})
+            if unknown:
+                raise LaminaError(f"model.hmt has unknown keys {unknown}; known: {[f.name for f in fields(HMTConfig)]}")
+            self.hmt = HMTConfig(**self.hmt)
         if self.hmt is not None and self.memory_tokens:
             raise LaminaError(
                 "model.hmt and model.memory_tokens are two segment memories and only one can be used; "
