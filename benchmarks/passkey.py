@@ -3,7 +3,9 @@
 Each architecture (same width and depth) trains on passkey prompts
 (:mod:`lamina.data.passkey`) of up to ``--train-len`` bytes, read in
 ``--segment``-byte segments with the state carried and the graph kept across
-the whole prompt (backpropagation through every segment of it). The loss is
+the whole prompt (backpropagation through every segment of it). The longest
+training prompt grows from ``--min-len`` to ``--train-len`` over the first
+half of training: copying a key is found on short prompts first. The loss is
 the next-byte loss of the prompt plus the loss of the answer. Then every model
 is scored with lamina's own passkey evaluation (``lamina eval --passkey``:
 chunked prefill in segments, greedy decoding, exact match) on prompts of 1K
@@ -45,8 +47,13 @@ def architectures(segment: int) -> dict[str, dict]:
         "attn": {"layers": ["attn"] * 4, "mixers": {"attn": attn}},
         "xl": {"layers": ["xl"] * 4, "mixers": {"xl": {"heads": 4, "mem_len": segment}}},
         "rmt": {"layers": ["attn"] * 4, "mixers": {"attn": attn}, "memory_tokens": 16, "memory_segment": segment},
+        "hmt": {"layers": ["attn"] * 4, "mixers": {"attn": attn}, "hmt": {"segment": segment, "sensory": 16, "cache": 32}},
+        "titans_mac": {"layers": ["titans_mac"] * 4, "mixers": {"titans_mac": {"heads": 4, "segment": segment}}},
         "titans_mag": {"layers": ["titans_mag"] * 4, "mixers": {"titans_mag": {"heads": 4, "window": segment}}},
         "titans": {"layers": ["titans", "attn"] * 2, "mixers": {"attn": attn}},
+        "infini": {"layers": ["infini"] * 4, "mixers": {"infini": {"heads": 4, "segment": segment}}},
+        "block_recurrent": {"layers": ["block_recurrent", "attn"] * 2,
+                            "mixers": {"attn": attn, "block_recurrent": {"heads": 4, "segment": segment}}},
         "hgrn": {"layers": ["hgrn"] * 4},
         "gla": {"layers": ["gla"] * 4},
     }
@@ -74,7 +81,9 @@ def train_on_passkeys(model, tokenizer, args, device) -> float:
     model.train()
     answer_loss = float("nan")
     for step in range(args.steps):
-        length = rng.randint(args.min_len, args.train_len)
+        # curriculum: the longest prompt grows from min_len to train_len over the first half of training
+        longest = args.min_len + round((args.train_len - args.min_len) * min(1.0, 2 * step / args.steps))
+        length = rng.randint(args.min_len, longest)
         ids, mask = batch_of_prompts(tokenizer, length, args.batch, TRAIN_SEEDS + step * args.batch)
         ids, mask = ids.to(device), mask.to(device)
         state, losses = None, []
@@ -103,14 +112,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", default=None, help="comma-separated subset of the architectures (default: all)")
     parser.add_argument("--lengths", default="1024,4096,16384,65536", help="evaluation prompt lengths in bytes")
-    parser.add_argument("--trials", type=int, default=20, help="prompts per length")
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--trials", type=int, default=10, help="prompts per length")
+    parser.add_argument("--steps", type=int, default=1600)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--segment", type=int, default=256, help="segment length of training and of the prefill")
-    parser.add_argument("--min-len", type=int, default=256, help="shortest training prompt (bytes)")
+    parser.add_argument("--min-len", type=int, default=128, help="shortest training prompt (bytes)")
     parser.add_argument("--train-len", type=int, default=1024, help="longest training prompt (bytes)")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--tag", default="", help="suffix of the result files")
     args = parser.parse_args()
     device = pick_device("auto")
     tokenizer = ByteTokenizer()
@@ -125,15 +135,17 @@ def main() -> None:
         start = time.time()
         answer_loss = train_on_passkeys(model, tokenizer, args, device)
         seconds = time.time() - start
+        print(f"  trained in {seconds:.0f} s", flush=True)
         row = {"arch": name, "parameters": model.num_parameters(), "state_floats": model.state_size(),
                "train_seconds": seconds, "answer_loss": answer_loss, "accuracy": {}}
         for length in lengths:
+            start = time.time()
             correct, trials = passkey_accuracy(model, tokenizer, length, args.trials, context=args.segment)
             row["accuracy"][length] = correct / trials
-            print(f"  {length:>6} bytes: {correct}/{trials}", flush=True)
+            print(f"  {length:>6} bytes: {correct}/{trials} ({time.time() - start:.0f} s)", flush=True)
         rows.append(row)
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    tag = device_name.split()[1].lower() if device.type == "cuda" else "cpu"
+    tag = (device_name.split()[1].lower() if device.type == "cuda" else "cpu") + args.tag
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"device": device_name, "torch": torch.__version__, **vars(args)}
     (RESULTS / f"passkey-{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
@@ -141,7 +153,8 @@ def main() -> None:
         f"{n // 1024}K" if n % 1024 == 0 else str(n) for n in lengths) + " |"
     lines = [f"# Passkey retrieval by length on {device_name}", "",
              f"4 layers, d_model {args.d_model}; trained {args.steps} steps of {args.batch} prompts of "
-             f"{args.min_len}-{args.train_len} bytes in {args.segment}-byte segments (lr {args.lr}); "
+             f"{args.min_len}-{args.train_len} bytes (the longest growing over the first half) in {args.segment}-byte "
+             f"segments (lr {args.lr}); "
              f"accuracy over {args.trials} prompts per length (greedy, exact match), prefill in {args.segment}-byte "
              f"segments. torch {meta['torch']}.", "", head, "|" + " --- |" * 1 + " ---: |" * (3 + len(lengths))]
     for r in rows:
