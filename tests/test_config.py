@@ -4,13 +4,13 @@ import pytest
 
 from lamina.config import Config, config_from_yaml, load_config, preset_names
 from lamina.errors import LaminaError
-from lamina.models import LM, parse_layers
+from lamina.models import build_model, parse_layers
 
 
 @pytest.mark.parametrize("name", preset_names())
 def test_every_preset_builds_a_model(name):
     cfg = load_config(name)
-    model = LM(cfg.model, 257)
+    model = build_model(cfg.model, 257)
     assert model.num_parameters() > 0
     assert config_from_yaml(cfg.to_yaml(), "round trip") == cfg
 

@@ -7,6 +7,7 @@ from lamina.mixers import mixer_names
 
 HYBRIDS = {"griffin": {"rglru", "attn"}, "hawk": {"rglru"}, "samba": {"mamba2", "attn"}, "hgrn2-attn": {"hgrn2", "attn"}}
 HYBRIDS["hmt"] = {"attn"}  # not a hybrid: the HMT memory wrapper around attention layers
+HYBRIDS["megabyte"] = {"hgrn"}  # the global model of MEGABYTE (its local model is one attention layer)
 SMALL = ["model.d_model=32", "train.steps=3", "train.batch_size=2", "train.seq_len=24", "train.warmup_steps=1",
          "train.eval_tokens=256", "train.sample_tokens=0"]
 

@@ -41,6 +41,24 @@ class HMTConfig:
 
 
 @dataclass
+class MegabyteConfig:
+    """MEGABYTE options (Yu et al. 2023; see :mod:`lamina.models.megabyte`): the local model within each patch.
+
+    The global model over patches is the model's own schedule (``layers``, ``mixers``, ``d_model``).
+    """
+
+    patch: int = 8  # P: bytes per patch
+    local_d_model: int = 128  # width of the local model (and of each byte's embedding)
+    local_layers: Any = field(default_factory=lambda: ["attn"])  # the local model's layer schedule
+    local_mixers: dict = field(default_factory=dict)  # default options per mixer name in the local model
+
+    def __post_init__(self):
+        for key, value, least in (("patch", self.patch, 2), ("local_d_model", self.local_d_model, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise LaminaError(f"model.megabyte.{key} must be an integer >= {least}, got {value!r}")
+
+
+@dataclass
 class ModelConfig:
     """The generic LM: embedding, ``len(layers)`` pre-norm blocks, tied head.
 
@@ -63,13 +81,17 @@ class ModelConfig:
     memory_segment: Optional[int] = None  # tokens per memory segment; null: train.seq_len
     # Hierarchical Memory Transformer: a mapping of HMTConfig's keys ({} for the defaults); null: off
     hmt: Optional[HMTConfig] = None
+    # MEGABYTE: the layers above are the global model over patches of bytes, this the local one; null: off
+    megabyte: Optional[MegabyteConfig] = None
 
     def __post_init__(self):
-        if isinstance(self.hmt, dict):  # built in Python rather than loaded from YAML
-            unknown = sorted(set(self.hmt) - {f.name for f in fields(HMTConfig)})
-            if unknown:
-                raise LaminaError(f"model.hmt has unknown keys {unknown}; known: {[f.name for f in fields(HMTConfig)]}")
-            self.hmt = HMTConfig(**self.hmt)
+        self.hmt = _section(HMTConfig, self.hmt, "model.hmt")
+        self.megabyte = _section(MegabyteConfig, self.megabyte, "model.megabyte")
+        if self.megabyte is not None and (self.hmt is not None or self.memory_tokens):
+            raise LaminaError(
+                "model.megabyte does not combine with a segment memory (model.hmt or model.memory_tokens); "
+                "set model.hmt=null and model.memory_tokens=0"
+            )
         if self.hmt is not None and self.memory_tokens:
             raise LaminaError(
                 "model.hmt and model.memory_tokens are two segment memories and only one can be used; "
@@ -79,6 +101,16 @@ class ModelConfig:
             raise LaminaError(f"model.memory_tokens must be 0 (off) or a positive integer, got {self.memory_tokens}")
         if self.memory_segment is not None and self.memory_segment < 1:
             raise LaminaError(f"model.memory_segment must be a positive integer or null, got {self.memory_segment}")
+
+
+def _section(cls: type, value: Any, where: str) -> Any:
+    """An optional section given as a mapping (built in Python rather than loaded from YAML) -> ``cls``."""
+    if not isinstance(value, dict):
+        return value
+    unknown = sorted(set(value) - {f.name for f in fields(cls)})
+    if unknown:
+        raise LaminaError(f"{where} has unknown keys {unknown}; known: {[f.name for f in fields(cls)]}")
+    return cls(**value)
 
 
 @dataclass
@@ -142,6 +174,8 @@ class Config:
             self.model.memory_segment = self.train.seq_len  # memory segments are training segments
         if self.model.hmt is not None and self.model.hmt.segment is None:
             self.model.hmt.segment = self.train.seq_len
+        if self.model.megabyte is not None and self.data.tokenizer == "words":
+            raise LaminaError("model.megabyte models bytes: it needs data.tokenizer=bytes (or null on a byte corpus)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

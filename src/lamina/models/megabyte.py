@@ -1,0 +1,216 @@
+"""MEGABYTE: a global model over patches of bytes and a local model within each patch.
+
+Yu, Simig, Flaherty, Aghajanyan, Zettlemoyer & Lewis 2023, "MEGABYTE:
+Predicting Million-byte Sequences with Multiscale Transformers", section 2.
+The byte stream is cut into patches of ``P`` bytes, counted from the stream
+start. For the byte at stream position ``s = kP + i`` (byte ``i`` of patch
+``k``), with ``D`` the local width:
+
+- global input of patch ``k``: the concatenation of the ``P`` global byte
+  embeddings of patch ``k - 1`` (``[P·D]``; a learned padding patch for
+  ``k = 0``), projected to the global width ``d_model`` (section 2.2's patch
+  embedder, with its concatenation projected rather than taken as the width);
+- the global model, any layer schedule (``model.layers``), reads one such
+  vector per patch; its final-normed output for patch ``k`` is projected to
+  ``P`` local vectors ``g_k[0..P-1]`` (``[d_model] -> [P·D]``; section 2.3's
+  reshape and ``w^GL``, with one projection per position in the patch);
+- local input at ``s``: ``g_k[i] + E_local(byte s - 1)``, with a learned pad
+  embedding in place of the byte at ``i = 0`` (the previous patch reaches
+  byte ``i = 0`` through the global model only);
+- the local model, a small layer schedule (``model.megabyte.local_layers``),
+  runs within each patch from the empty state; its final-normed output at
+  ``s``, through a head tied to ``E_local``, is the distribution of byte ``s``.
+
+So byte ``s`` is predicted from bytes ``< s`` alone. A causal LM's logits at
+input position ``t`` predict token ``t + 1``: here they are MEGABYTE's
+prediction of byte ``s = t + 1``. Byte 0 of the stream is never predicted (no
+input precedes it), but its local position still runs, as the first position
+of patch 0, when the stream starts.
+
+Departures from the paper. Positions: the paper adds learned absolute position
+embeddings to both levels; lamina's mixers carry their own positions (rotary
+attention, recurrences) and a stream has no fixed length, so there are none.
+A local attention layer's memory is set to ``P - 1`` bytes: a patch is its
+whole context and a patch split across calls must still see all of it.
+
+Streaming. A call may hold any number of bytes, and patch boundaries need not
+fall on call boundaries: the state is ``[global layer states, local layer
+states, (bytes read [B], bytes of the unfinished patch [B, P], g of the current
+patch [B, P, D])]``. The global model steps once per patch, when the last byte
+of the patch before it is read; the local layers' states carry the unfinished
+patch and are emptied at each patch start. One call, any split into calls and
+token-by-token reading compute the same function.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lamina.config import MegabyteConfig, ModelConfig
+from lamina.errors import LaminaError
+from lamina.models.lm import BlockStack, init_linear_weights, memory_length
+from lamina.models.schedule import parse_layers
+
+
+class Megabyte(nn.Module):
+    """A MEGABYTE byte model with the :class:`~lamina.models.LM` interface (equations in the module docstring)."""
+
+    def __init__(self, config: ModelConfig, vocab_size: int):
+        super().__init__()
+        mb: MegabyteConfig = config.megabyte
+        if mb is None:
+            raise LaminaError("Megabyte needs model.megabyte (a mapping of its options, {} for the defaults)")
+        if config.hmt is not None or config.memory_tokens:
+            raise LaminaError("model.megabyte does not combine with model.hmt or model.memory_tokens; turn them off")
+        self.config = config
+        self.vocab_size = vocab_size
+        self.patch = P = mb.patch
+        D, d = mb.local_d_model, config.d_model
+        self.global_model = BlockStack(
+            parse_layers(config.layers, config.mixers), d, config.mlp_hidden, config.dropout, config.norm_eps
+        )
+        local_specs = parse_layers(mb.local_layers, mb.local_mixers)
+        self.local_model = BlockStack(local_specs, D, None, config.dropout, config.norm_eps)
+        for mixer in self.local_model.memory_layers():
+            mixer.mem_len = P - 1  # the whole patch, whatever the split into calls
+        self.global_embed = nn.Embedding(vocab_size, D)
+        self.global_pad = nn.Parameter(torch.empty(P, D))
+        self.global_in = nn.Linear(P * D, d, bias=False)
+        self.global_norm = nn.RMSNorm(d, eps=config.norm_eps)
+        self.global_out = nn.Linear(d, P * D, bias=False)
+        self.local_embed = nn.Embedding(vocab_size, D)
+        self.local_pad = nn.Parameter(torch.empty(D))
+        self.local_norm = nn.RMSNorm(D, eps=config.norm_eps)
+        self.head = None if config.tie_embeddings else nn.Linear(D, vocab_size, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+        init_linear_weights(self)
+        for pad in (self.global_pad, self.local_pad):
+            nn.init.normal_(pad, mean=0.0, std=0.02)  # like the byte embeddings they stand in for
+        self.global_model.reset_residuals()
+        self.local_model.reset_residuals()
+
+    # --- state API ----------------------------------------------------------------
+    def init_state(self, batch: int, device=None, dtype=None) -> list:
+        P, D = self.patch, self.local_pad.shape[0]
+        progress = (
+            torch.zeros(batch, device=device, dtype=torch.long),
+            torch.zeros(batch, P, device=device, dtype=torch.long),
+            torch.zeros(batch, P, D, device=device, dtype=dtype or torch.float32),
+        )
+        return [self.global_model._layer_states(batch, device, dtype), self._local_states(batch, device, dtype), progress]
+
+    def _local_states(self, batch: int, device=None, dtype=None) -> list:
+        return self.local_model._layer_states(batch, device, dtype)
+
+    def state_size(self) -> int:
+        """Floats carried per sequence: both models' layer states and the current patch's ``P·D`` local vectors."""
+        own = self.patch * self.local_pad.shape[0]
+        return self.global_model._layers_state_size() + self.local_model._layers_state_size() + own
+
+    def memory_layers(self):
+        """The global model's memory layers (the local ones always keep their patch)."""
+        return self.global_model.memory_layers()
+
+    def memory(self, mem_len: int | None = None, extra: int = 0):
+        """Inside this block, the global memory layers keep ``mem_len`` patches (or their own plus ``extra``)."""
+        return memory_length(self.memory_layers(), mem_len, extra)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # --- forward ------------------------------------------------------------------
+    def forward(
+        self,
+        ids: torch.Tensor,
+        state: list | None = None,
+        *,
+        valid: torch.Tensor | None = None,
+        resets: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list]:
+        """``ids [B, T]`` -> ``(logits [B, T, V], new state)``: logits at ``t`` predict byte ``t + 1``."""
+        if valid is not None or resets is not None:
+            raise LaminaError(
+                "a MEGABYTE model does not take padding or reset masks: its patches are counted from the stream "
+                "start; use model.megabyte=null"
+            )
+        B, T = ids.shape
+        if state is None:
+            state = self.init_state(B, ids.device)
+        global_states, local_states, (read, partial, current) = state
+        if T == 0:
+            return self._logits(current[:, :0]), state
+        n, P = int(read[0]), self.patch
+        if not bool((read == n).all()):
+            raise LaminaError("the rows of a MEGABYTE state have read different numbers of bytes; read them in step")
+        first = 0 if n == 0 else n + 1  # local positions s = n + 1 .. n + T (and s = 0 first, at the stream start)
+        offset = first % P
+
+        # global model: one step per patch that starts in this call (the padding patch first, at the stream start)
+        buffer = torch.cat([partial[:, : n % P], ids], dim=1)
+        complete = buffer.shape[1] // P
+        patches = self.global_embed(buffer[:, : complete * P]).reshape(B, complete, P * self.global_pad.shape[1])
+        if n == 0:
+            patches = torch.cat([self.global_pad.reshape(1, 1, -1).expand(B, 1, -1).to(patches.dtype), patches], 1)
+        g = current[:, None].to(patches.dtype) if offset else patches.new_zeros(B, 0, P, current.shape[-1])
+        if patches.shape[1]:
+            h, global_states = self.global_model._run_blocks(self.dropout(self.global_in(patches)), global_states, {})
+            new = self.global_out(self.global_norm(h)).view(B, -1, P, current.shape[-1])
+            g = torch.cat([g.to(new.dtype), new], dim=1)
+        rest = buffer[:, complete * P :]
+        partial = F.pad(rest, (0, P - rest.shape[1]))
+
+        # local model
+        x = self.local_embed(ids)
+        if n == 0:
+            x = torch.cat([x[:, :1], x], dim=1)  # position 0's byte is the pad, set below
+        positions = torch.arange(first, first + x.shape[1], device=ids.device)
+        x = torch.where((positions % P == 0)[None, :, None], self.local_pad.to(x.dtype), x)
+        x = self.dropout(x + g.flatten(1, 2)[:, offset : offset + x.shape[1]].to(x.dtype))
+        h, local_states = self._run_local(x, offset, local_states)
+        logits = self._logits(self.local_norm(h))
+        if n == 0:
+            logits = logits[:, 1:]
+        progress = (read + T, partial, g[:, -1].to(current.dtype))
+        return logits, [global_states, local_states, progress]
+
+    def _run_local(self, x: torch.Tensor, offset: int, states: list) -> tuple[torch.Tensor, list]:
+        """Local model over positions ``x [B, S, D]`` starting at ``offset`` in a patch; the state of the unfinished one.
+
+        The rest of a continued patch runs from the carried states; whole patches run as one batch from the empty
+        state; a trailing unfinished patch runs from the empty state and leaves its states for the next call.
+        """
+        B, S, D = x.shape
+        P, outputs = self.patch, []
+        head = min(S, P - offset) if offset else 0
+        if head:
+            h, states = self.local_model._run_blocks(x[:, :head], states, {})
+            outputs.append(h)
+        full, tail = divmod(S - head, P)
+        if full:
+            patches = x[:, head : head + full * P].reshape(B * full, P, D)
+            h, _ = self.local_model._run_blocks(patches, self._local_states(B * full, x.device), {})
+            outputs.append(h.reshape(B, full * P, D))
+        if tail:
+            h, states = self.local_model._run_blocks(x[:, S - tail :], self._local_states(B, x.device), {})
+            outputs.append(h)
+        elif (offset + S) % P == 0:  # the call ends with a patch: the next one starts empty
+            states = self._local_states(B, x.device)
+        return torch.cat(outputs, dim=1), states
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(h) if self.head is not None else F.linear(h, self.local_embed.weight)
+
+    def describe(self) -> str:
+        """Both models, parameter count and state size, for printing."""
+        global_names = [s.name for s in self.global_model.specs]
+        local_names = [s.name for s in self.local_model.specs]
+        mb = self.config.megabyte
+        return "\n".join([
+            f"layers ({len(global_names)}): {', '.join(global_names)}",
+            f"MEGABYTE: patches of {self.patch} bytes; global d_model {self.config.d_model}; "
+            f"local model ({len(local_names)}): {', '.join(local_names)}, d_model {mb.local_d_model}",
+            f"vocab {self.vocab_size}, parameters {self.num_parameters():,}, "
+            f"state {self.state_size():,} floats per sequence",
+        ])
