@@ -40,3 +40,18 @@ def test_hybrid_preset(preset, corpus, shared_data, tmp_path, capsys):
     layers = capsys.readouterr().out.split("layers (")[1].split("\n")[0].split(": ")[1].split(", ")
     assert set(layers) == HYBRIDS[preset]
     train_and_generate(capsys, [preset, *SMALL, *corpus_overrides(corpus, shared_data)], tmp_path / "run")
+
+
+WRAPPERS = {
+    "rmt": ["model.memory_tokens=4", "train.bptt_segments=2", "model.mixers={attn: {heads: 2, mem_len: 24}}"],
+    "xl-compressive": ["model.layers=[xl, xl]", "model.mixers={xl: {heads: 2, mem_len: 8, cmem_len: 4, cmem_rate: 2}}"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRAPPERS))
+def test_memory_wrapper_options_train_and_generate(name, tmp_path, capsys):
+    """The memory options that are not presets (RMT memory tokens, xl's compressed memory) through the CLI."""
+    base = "attn" if name == "rmt" else "xl"
+    train_and_generate(capsys, [base, *SMALL, *WRAPPERS[name]], tmp_path / "run")
+    assert main(["eval", str(tmp_path / "run"), "--max-tokens", "256"]) == 0
+    assert "bits/byte" in capsys.readouterr().out
