@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from lamina.config import ModelConfig
-from lamina.eval.generate import generate
 from lamina.mixers.base import flatten_state
 from lamina.models import LM
 
@@ -62,7 +61,6 @@ def test_state_bytes_are_constant_over_a_decode(name):
 PROBE = r"""
 import json, os, sys, torch
 from lamina.config import ModelConfig
-from lamina.eval.generate import generate
 from lamina.models import LM
 
 def rss_mib():  # resident set size now (Linux: /proc/self/statm counts pages)
