@@ -61,6 +61,7 @@ def test_state_bytes_are_constant_over_a_decode(name):
 PROBE = r"""
 import json, os, sys, torch
 from lamina.config import ModelConfig
+from lamina.eval.generate import generate
 from lamina.models import LM
 
 def rss_mib():  # resident set size now (Linux: /proc/self/statm counts pages)
