@@ -85,3 +85,149 @@ def test_chunked_word_starts_equal_streaming(max_len):
         pieces.append(starts)
         start += size
     assert torch.equal(torch.cat(pieces, dim=1), truth)
+
+
+# --------------------------------------------------------------------------- the model
+
+from lamina.config import ModelConfig  # noqa: E402
+from lamina.errors import LaminaError  # noqa: E402
+from lamina.eval import generate  # noqa: E402
+from lamina.models import HAT, build_model  # noqa: E402
+
+TEXT = [
+    "  def f(x):\n    return xxxxxxxxxxxx + 1  # été\n".encode()[:40],
+    b"hello world, this is a test.. abc \xff\xfe\x80 and" + bytes([256 % 256]),
+]
+
+
+def small_config(backbone=("attn", "hgrn"), encoder=("hgrn",), decoder=("attn",), max_word_len=4) -> ModelConfig:
+    return ModelConfig(
+        d_model=32, layers=list(backbone), mixers={"attn": {"heads": 2, "mem_len": 64}},
+        hat={"d_byte": 16, "encoder_layers": list(encoder), "decoder_layers": list(decoder), "max_word_len": max_word_len},
+    )
+
+
+def batch() -> torch.Tensor:
+    ids = torch.tensor([list(t[:40]) for t in TEXT])
+    ids[1, 20] = 256  # a document separator inside a row
+    return ids
+
+
+def model(**kwargs) -> HAT:
+    torch.manual_seed(0)
+    return build_model(small_config(**kwargs), 257).double().eval()
+
+
+def test_build_model_picks_hat_and_needs_bytes():
+    assert isinstance(model(), HAT)
+    assert type(build_model(ModelConfig(d_model=32, layers=["hgrn"]), 257)).__name__ == "LM"
+    with pytest.raises(LaminaError, match="byte tokenizer"):
+        build_model(small_config(), 1000)
+
+
+@pytest.mark.parametrize("hat, match", [
+    ({"d_byte": 0}, "model.hat.d_byte"),
+    ({"max_word_len": -1}, "model.hat.max_word_len"),
+    ({"encoder_layerz": ["attn"]}, "unknown keys"),
+])
+def test_bad_hat_config(hat, match):
+    with pytest.raises(LaminaError, match=match):
+        ModelConfig(hat=hat)
+
+
+def test_bad_hat_config_from_yaml_and_schedules():
+    from lamina.config import load_config
+
+    with pytest.raises(LaminaError, match="model.hat.max_word_len"):
+        load_config("default", ["model.hat={max_word_len: zero}"])
+    with pytest.raises(LaminaError, match="segment memory"):
+        ModelConfig(hat={}, memory_tokens=4)
+    with pytest.raises(LaminaError, match=r"model.hat.decoder_layers\[0\]"):
+        build_model(ModelConfig(d_model=32, layers=["hgrn"], hat={"decoder_layers": [{"attn": {"headz": 2}}]}), 257)
+    with pytest.raises(LaminaError, match="unknown mixer"):
+        build_model(ModelConfig(d_model=32, layers=["hgrn"], hat={"encoder_layers": ["nope"]}), 257)
+    with pytest.raises(LaminaError, match="masks"):
+        model()(batch(), resets=torch.zeros(2, 40, dtype=torch.bool))
+
+
+def test_next_byte_distribution_sums_to_one():
+    logits, _ = model()(batch())
+    assert logits.shape == (2, 40, 257)
+    total = logits.softmax(-1).sum(-1)
+    assert torch.allclose(total, torch.ones_like(total))
+
+
+def test_causal():
+    m, ids = model(), batch()
+    logits, _ = m(ids)
+    for t in [0, 5, 17, 39]:
+        changed = ids.clone()
+        changed[:, t] = torch.tensor([ord("("), ord("q")])  # a word start in row 0, a continuation in row 1
+        other, _ = m(changed)
+        assert torch.allclose(other[:, :t], logits[:, :t], atol=1e-12)
+        assert not torch.allclose(other[:, t:], logits[:, t:])
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"backbone": ("hgrn",), "encoder": ("attn",), "decoder": ("hgrn",)},
+                                    {"max_word_len": 16}])
+def test_full_equals_chunks_equals_bytes(kwargs):
+    m, ids = model(**kwargs), batch()
+    full, full_state = m(ids)
+    # chunk edges inside words (row 0's "xxxx..." is cut by max_word_len), and at word ends
+    for sizes in [[3, 1, 6, 11, 19], [1] * 40, [16, 24], [7, 0, 33]]:
+        state, pieces, start = None, [], 0
+        for size in sizes:
+            out, state = m(ids[:, start : start + size], state)
+            pieces.append(out)
+            start += size
+        assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-10)
+        flat = zip(_leaves(state), _leaves(full_state))
+        assert all(torch.allclose(a.double(), b.double(), atol=1e-10) for a, b in flat)
+
+
+def _leaves(state):
+    if isinstance(state, torch.Tensor):
+        return [state]
+    return [leaf for s in state for leaf in _leaves(s)]
+
+
+def test_word_level_backbone_is_used():
+    """The backbone's words reach the decoder: changing a backbone weight changes logits after the first word only."""
+    m, ids = model(), batch()
+    logits, _ = m(ids)
+    with torch.no_grad():
+        m.backbone.blocks[0].mlp.down.weight.add_(0.5)
+    other, _ = m(ids)
+    first_end = 4  # row 0: "  de" is its first word (max_word_len 4), known over when byte 4 arrives
+    assert torch.allclose(other[0, :first_end], logits[0, :first_end], atol=1e-12)
+    assert not torch.allclose(other[0, first_end:], logits[0, first_end:])
+
+
+def test_gradients_reach_every_stack():
+    m = model()
+    logits, _ = m(batch())
+    logits.logsumexp(-1).sum().backward()
+    for name in ("encoder", "backbone", "decoder", "down", "up", "embed"):
+        grads = [p.grad for n, p in getattr(m, name).named_parameters() if "shared" not in n]  # a 1-layer hgrn's
+        assert all(g is not None and g.abs().sum() > 0 for g in grads), name  # lower bound is 0, its table unused
+
+
+def test_greedy_generation_equals_teacher_forced_argmax():
+    m = model()
+    prompt = torch.tensor(list(b"  def f(x): re"))
+    out = generate(m, prompt, max_new_tokens=20, context=8, temperature=0)
+    seq = torch.cat([prompt, torch.tensor(out)])[None]
+    logits, _ = m(seq)
+    assert out == logits[0, len(prompt) - 1 : -1].argmax(-1).tolist()
+
+
+def test_describe_and_state_size():
+    m = model()
+    text = m.describe()
+    assert text.splitlines()[0] == "layers (2): attn, hgrn"
+    assert "encoder (1): hgrn" in text and "decoder (1): attn" in text
+    enc, bb, dec = (sum(b.mixer.state_size() for b in s.blocks) for s in (m.encoder, m.backbone, m.decoder))
+    assert m.state_size() == enc + bb + dec + 16 + 32 + 2
+    with m.memory(mem_len=5):
+        assert [x.mem_len for x in m.memory_layers()] == [5, 5]
+    assert [x.mem_len for x in m.memory_layers()] == [64, 64]
