@@ -231,3 +231,38 @@ def test_describe_and_state_size():
     with m.memory(mem_len=5):
         assert [x.mem_len for x in m.memory_layers()] == [5, 5]
     assert [x.mem_len for x in m.memory_layers()] == [64, 64]
+
+
+# --------------------------------------------------------------------------- through the CLI
+
+from lamina.cli import main  # noqa: E402
+from lamina.train import load_model  # noqa: E402
+
+CLI_SMALL = ["model.d_model=32", "model.layers=[hgrn, attn]", "model.hat={d_byte: 16, max_word_len: 8}",
+             "model.mixers={attn: {heads: 2, mem_len: 16}}", "train.batch_size=2", "train.seq_len=24",
+             "train.warmup_steps=1", "train.eval_tokens=512", "train.sample_tokens=0", "train.save_every=3"]
+
+
+def test_train_eval_generate_resume_through_the_cli(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "hat", *CLI_SMALL, "train.steps=3", f"train.out_dir={run}"]) == 0
+    assert "final validation" in capsys.readouterr().out
+    model_, tokenizer, cfg = load_model(run)
+    assert isinstance(model_, HAT) and cfg.model.hat.max_word_len == 8
+    assert main(["eval", str(run), "--max-tokens", "300", "--carry", "yes"]) == 0
+    assert "bits/byte" in capsys.readouterr().out
+    prompt = "def main(ar"
+    assert main(["generate", str(run), "--prompt", prompt, "--max-new-tokens", "16", "--temperature", "0"]) == 0
+    printed = capsys.readouterr().out
+    expected = generate(model_, tokenizer.encode(prompt), max_new_tokens=16, context=cfg.train.seq_len, temperature=0)
+    assert printed == (prompt.encode() + tokenizer.decode(expected)).decode("utf-8", errors="replace") + "\n"
+    assert main(["train", "--resume", str(run), "train.steps=5"]) == 0  # the carried word state is saved too
+    assert "after 5 steps" in capsys.readouterr().out
+    assert main(["info", str(run)]) == 0
+    assert "encoder (1): attn" in capsys.readouterr().out
+
+
+def test_word_tokenizer_is_refused(shared_data, tmp_path, capsys):
+    args = ["train", "hat", *CLI_SMALL, "data.corpus=ptb", f"data.data_dir={shared_data}", f"train.out_dir={tmp_path}"]
+    assert main(args) == 2
+    assert "needs the byte tokenizer" in capsys.readouterr().err
