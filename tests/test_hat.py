@@ -96,7 +96,7 @@ from lamina.models import HAT, build_model  # noqa: E402
 
 TEXT = [
     "  def f(x):\n    return xxxxxxxxxxxx + 1  # été\n".encode()[:40],
-    b"hello world, this is a test.. abc \xff\xfe\x80 and" + bytes([256 % 256]),
+    b"hello world, this is a test.. abc \xff\xfe\x80 and\x00",  # invalid UTF-8 and a control byte
 ]
 
 
