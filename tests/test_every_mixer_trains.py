@@ -7,6 +7,8 @@ from lamina.mixers import mixer_names
 
 HYBRIDS = {"griffin": {"rglru", "attn"}, "hawk": {"rglru"}, "samba": {"mamba2", "attn"}, "hgrn2-attn": {"hgrn2", "attn"}}
 HYBRIDS["hmt"] = {"attn"}  # not a hybrid: the HMT memory wrapper around attention layers
+HYBRIDS["hat"] = {"hgrn"}  # the backbone over words; the byte encoder and decoder are attention
+BYTES_ONLY = {"hat"}  # presets that read bytes: ptb-char is read with the byte tokenizer
 SMALL = ["model.d_model=32", "train.steps=3", "train.batch_size=2", "train.seq_len=24", "train.warmup_steps=1",
          "train.eval_tokens=256", "train.sample_tokens=0"]
 
@@ -39,7 +41,8 @@ def test_hybrid_preset(preset, corpus, shared_data, tmp_path, capsys):
     assert main(["info", preset]) == 0
     layers = capsys.readouterr().out.split("layers (")[1].split("\n")[0].split(": ")[1].split(", ")
     assert set(layers) == HYBRIDS[preset]
-    train_and_generate(capsys, [preset, *SMALL, *corpus_overrides(corpus, shared_data)], tmp_path / "run")
+    tokenizer = ["data.tokenizer=bytes"] if preset in BYTES_ONLY else []
+    train_and_generate(capsys, [preset, *SMALL, *corpus_overrides(corpus, shared_data), *tokenizer], tmp_path / "run")
 
 
 WRAPPERS = {

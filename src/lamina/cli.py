@@ -191,7 +191,7 @@ def cmd_info(args) -> int:
     from lamina.config import load_config, preset_names
     from lamina.data import corpus_names
     from lamina.mixers import mixer_names
-    from lamina.models import LM
+    from lamina.models import build_model
     from lamina.train import resolve_checkpoint
 
     target, overrides = _split_args(args.items)
@@ -210,7 +210,7 @@ def cmd_info(args) -> int:
         vocab = cfg.model.vocab_size or (257 if cfg.data.tokenizer in (None, "bytes") else 0)
         if not vocab:
             raise LaminaError("a word-level preset's vocabulary comes from its corpus; give model.vocab_size=N")
-        model = LM(cfg.model, vocab)
+        model = build_model(cfg.model, vocab)
         print(f"preset {cfg.preset}")
     print(model.describe())
     print(f"data: {cfg.data.corpus} ({cfg.data.tokenizer or 'corpus default'} tokens); "

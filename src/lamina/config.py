@@ -41,6 +41,37 @@ class HMTConfig:
 
 
 @dataclass
+class HATConfig:
+    """Hierarchical Autoregressive Transformer options (Neitemeier et al. 2025; see :mod:`lamina.models.hat`).
+
+    The backbone over words is ``model.layers`` at ``model.d_model``; the byte
+    encoder and decoder are layer schedules of their own at ``d_byte``, with
+    ``model.mixers`` as their defaults too.
+    """
+
+    d_byte: int = 128  # width of the byte encoder and decoder
+    encoder_layers: Any = field(default_factory=lambda: ["attn"])
+    decoder_layers: Any = field(default_factory=lambda: ["attn"])
+    max_word_len: int = 16  # longer runs are cut into words of this many bytes (lamina.data.words)
+
+    def __post_init__(self):
+        for key in ("d_byte", "max_word_len"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise LaminaError(f"model.hat.{key} must be a positive integer, got {value!r}")
+
+
+def _section(value: Any, cls: type, key: str) -> Any:
+    """An optional config section given as a mapping in Python (YAML goes through :func:`from_dict`)."""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {f.name for f in fields(cls)})
+        if unknown:
+            raise LaminaError(f"model.{key} has unknown keys {unknown}; known: {[f.name for f in fields(cls)]}")
+        return cls(**value)
+    return value
+
+
+@dataclass
 class ModelConfig:
     """The generic LM: embedding, ``len(layers)`` pre-norm blocks, tied head.
 
@@ -63,13 +94,17 @@ class ModelConfig:
     memory_segment: Optional[int] = None  # tokens per memory segment; null: train.seq_len
     # Hierarchical Memory Transformer: a mapping of HMTConfig's keys ({} for the defaults); null: off
     hmt: Optional[HMTConfig] = None
+    # Hierarchical Autoregressive Transformer: a mapping of HATConfig's keys ({} for the defaults); null: off
+    hat: Optional[HATConfig] = None
 
     def __post_init__(self):
-        if isinstance(self.hmt, dict):  # built in Python rather than loaded from YAML
-            unknown = sorted(set(self.hmt) - {f.name for f in fields(HMTConfig)})
-            if unknown:
-                raise LaminaError(f"model.hmt has unknown keys {unknown}; known: {[f.name for f in fields(HMTConfig)]}")
-            self.hmt = HMTConfig(**self.hmt)
+        self.hmt = _section(self.hmt, HMTConfig, "hmt")  # built in Python rather than loaded from YAML
+        self.hat = _section(self.hat, HATConfig, "hat")
+        if self.hat is not None and (self.hmt is not None or self.memory_tokens):
+            raise LaminaError(
+                "model.hat works on a byte stream of its own and takes no segment memory; "
+                "set model.hmt=null and model.memory_tokens=0, or model.hat=null"
+            )
         if self.hmt is not None and self.memory_tokens:
             raise LaminaError(
                 "model.hmt and model.memory_tokens are two segment memories and only one can be used; "

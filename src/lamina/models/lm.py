@@ -67,6 +67,73 @@ class Block(nn.Module):
         return x, state
 
 
+def build_blocks(
+    specs: list[LayerSpec], d_model: int, mlp_hidden: int, config: ModelConfig
+) -> tuple[nn.ModuleList, nn.ParameterDict]:
+    """One block per layer spec at width ``d_model``, and the parameters their mixers share (bound to them)."""
+    n_layers = len(specs)
+    blocks = nn.ModuleList(
+        Block(mixer_class(s.name)(d_model, s.options, i, n_layers), d_model, mlp_hidden, config.dropout,
+              config.norm_eps)
+        for i, s in enumerate(specs)
+    )
+    shared = nn.ParameterDict()
+    for block in blocks:
+        for name, init in type(block.mixer).shared_parameters.items():
+            if name not in shared:
+                shared[name] = nn.Parameter(init(n_layers, d_model))
+        block.mixer.bind_shared(shared)
+    return blocks, shared
+
+
+def init_linear(module: nn.Module) -> None:
+    """Every linear layer and embedding inside ``module``: N(0, 0.02) weights, zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+
+def init_residual(blocks: nn.ModuleList) -> None:
+    """After :func:`init_linear`: residual-writing projections at 0.02/sqrt(2L), then each mixer's own init."""
+    residual_std = 0.02 / math.sqrt(2 * len(blocks))
+    for block in blocks:
+        nn.init.normal_(block.mlp.down.weight, mean=0.0, std=residual_std)
+        out = getattr(block.mixer, "out", None)
+        if isinstance(out, nn.Linear):
+            nn.init.normal_(out.weight, mean=0.0, std=residual_std)
+        if hasattr(block.mixer, "reset_parameters"):
+            block.mixer.reset_parameters()
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, state: list, masks: dict) -> tuple[torch.Tensor, list]:
+    """``x`` through ``blocks`` with one state per block -> ``(output, new states)``."""
+    new_state = []
+    for block, layer_state in zip(blocks, state):
+        x, layer_state = block(x, layer_state, **masks)
+        new_state.append(layer_state)
+    return x, new_state
+
+
+def memory_layers(blocks: nn.ModuleList) -> list[Mixer]:
+    """The layers whose state is a memory of ``mem_len`` past tokens (attention)."""
+    return [b.mixer for b in blocks if getattr(b.mixer, "mem_len", None) is not None]
+
+
+@contextmanager
+def memory_lengths(layers: list[Mixer], mem_len: int | None = None, extra: int = 0) -> Iterator[None]:
+    """Inside this block, memory ``layers`` keep ``mem_len`` tokens (or their own plus ``extra``)."""
+    saved = [m.mem_len for m in layers]
+    for m, own in zip(layers, saved):
+        m.mem_len = (own if mem_len is None else mem_len) + extra
+    try:
+        yield
+    finally:
+        for m, own in zip(layers, saved):
+            m.mem_len = own
+
+
 def segment_memory(config: ModelConfig, d_model: int) -> SegmentMemory | None:
     """The segment memory ``config`` asks for, if any (the config allows one at most)."""
     if config.hmt is not None:
@@ -94,39 +161,15 @@ class LM(nn.Module):
         self.config = config
         self.vocab_size = vocab_size
         self.specs: list[LayerSpec] = parse_layers(config.layers, config.mixers)
-        n_layers, d = len(self.specs), config.d_model
+        d = config.d_model
         self.embed = nn.Embedding(vocab_size, d)
         self.embed_dropout = nn.Dropout(config.dropout)
-        hidden = mlp_hidden_size(d, config.mlp_hidden)
-        self.blocks = nn.ModuleList(
-            Block(mixer_class(s.name)(d, s.options, i, n_layers), d, hidden, config.dropout, config.norm_eps)
-            for i, s in enumerate(self.specs)
-        )
+        self.blocks, self.shared = build_blocks(self.specs, d, mlp_hidden_size(d, config.mlp_hidden), config)
         self.norm = nn.RMSNorm(d, eps=config.norm_eps)
         self.segment_memory = segment_memory(config, d)
         self.head = None if config.tie_embeddings else nn.Linear(d, vocab_size, bias=False)
-        self.shared = nn.ParameterDict()
-        for block in self.blocks:
-            for name, init in type(block.mixer).shared_parameters.items():
-                if name not in self.shared:
-                    self.shared[name] = nn.Parameter(init(n_layers, d))
-            block.mixer.bind_shared(self.shared)
-        self._init_weights(n_layers)
-
-    def _init_weights(self, n_layers: int) -> None:
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-        residual_std = 0.02 / math.sqrt(2 * n_layers)
-        for block in self.blocks:
-            nn.init.normal_(block.mlp.down.weight, mean=0.0, std=residual_std)
-            out = getattr(block.mixer, "out", None)
-            if isinstance(out, nn.Linear):
-                nn.init.normal_(out.weight, mean=0.0, std=residual_std)
-            if hasattr(block.mixer, "reset_parameters"):
-                block.mixer.reset_parameters()
+        init_linear(self)
+        init_residual(self.blocks)
 
     # --- state API ----------------------------------------------------------------
     def init_state(self, batch: int, device=None, dtype=None) -> list:
@@ -145,24 +188,15 @@ class LM(nn.Module):
 
     def memory_layers(self) -> list[Mixer]:
         """The layers whose state is a memory of ``mem_len`` past tokens (attention)."""
-        return [b.mixer for b in self.blocks if getattr(b.mixer, "mem_len", None) is not None]
+        return memory_layers(self.blocks)
 
-    @contextmanager
-    def memory(self, mem_len: int | None = None, extra: int = 0) -> Iterator[None]:
+    def memory(self, mem_len: int | None = None, extra: int = 0):
         """Inside this block, memory layers keep ``mem_len`` tokens (or their own plus ``extra``).
 
         Evaluation uses it to read with a longer memory than training;
         generation to let new tokens see as far back as training did.
         """
-        layers = self.memory_layers()
-        saved = [m.mem_len for m in layers]
-        for m, own in zip(layers, saved):
-            m.mem_len = (own if mem_len is None else mem_len) + extra
-        try:
-            yield
-        finally:
-            for m, own in zip(layers, saved):
-                m.mem_len = own
+        return memory_lengths(self.memory_layers(), mem_len, extra)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -196,11 +230,7 @@ class LM(nn.Module):
         return self._logits(self.norm(x)), new_state
 
     def _run_blocks(self, x: torch.Tensor, state: list, masks: dict) -> tuple[torch.Tensor, list]:
-        new_state = []
-        for block, layer_state in zip(self.blocks, state):
-            x, layer_state = block(x, layer_state, **masks)
-            new_state.append(layer_state)
-        return x, new_state
+        return run_blocks(self.blocks, x, state, masks)
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(h) if self.head is not None else F.linear(h, self.embed.weight)

@@ -156,11 +156,11 @@ def load_checkpoint(path: str | Path, with_trainer_state: bool = False) -> Check
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """A trained model ready for evaluation or generation: ``(model, tokenizer, config)``."""
     from lamina.data import tokenizer_from_dict
-    from lamina.models import LM
+    from lamina.models import build_model
 
     ckpt = load_checkpoint(path)
     tokenizer = tokenizer_from_dict(ckpt.tokenizer)
-    model = LM(ckpt.config.model, ckpt.config.model.vocab_size or tokenizer.vocab_size)
+    model = build_model(ckpt.config.model, ckpt.config.model.vocab_size or tokenizer.vocab_size)
     try:
         model.load_state_dict(ckpt.model_state)
     except RuntimeError as err:
