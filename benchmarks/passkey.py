@@ -108,6 +108,28 @@ def train_on_passkeys(model, tokenizer, args, device) -> float:
     return answer_loss
 
 
+def write_results(rows: list[dict], lengths: list[int], args, device) -> list[str]:
+    """Write the rows so far to ``benchmarks/results/passkey-<device><tag>.{json,md}``; returns the table's lines."""
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    tag = (device_name.split()[1].lower() if device.type == "cuda" else "cpu") + args.tag
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {"device": device_name, "torch": torch.__version__, **vars(args)}
+    (RESULTS / f"passkey-{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    head = "| model | parameters | state (floats) | answer loss after training | " + " | ".join(
+        f"{n // 1024}K" if n % 1024 == 0 else str(n) for n in lengths) + " |"
+    lines = [f"# Passkey retrieval by length on {device_name}", "",
+             f"4 layers, d_model {args.d_model}; trained {args.steps} steps of {args.batch} prompts of "
+             f"{args.min_len}-{args.train_len} bytes (the longest growing over the first half) in {args.segment}-byte "
+             f"segments (lr {args.lr}); "
+             f"accuracy over {args.trials} prompts per length (greedy, exact match), prefill in {args.segment}-byte "
+             f"segments. torch {meta['torch']}.", "", head, "|" + " --- |" * 1 + " ---: |" * (3 + len(lengths))]
+    for r in rows:
+        acc = " | ".join(f"{r['accuracy'][n]:.0%}" for n in lengths)
+        lines.append(f"| {r['arch']} | {r['parameters']:,} | {r['state_floats']:,} | {r['answer_loss']:.3f} | {acc} |")
+    (RESULTS / f"passkey-{tag}.md").write_text("\n".join(lines) + "\n")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", default=None, help="comma-separated subset of the architectures (default: all)")
@@ -144,24 +166,8 @@ def main() -> None:
             row["accuracy"][length] = correct / trials
             print(f"  {length:>6} bytes: {correct}/{trials} ({time.time() - start:.0f} s)", flush=True)
         rows.append(row)
-    device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    tag = (device_name.split()[1].lower() if device.type == "cuda" else "cpu") + args.tag
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"device": device_name, "torch": torch.__version__, **vars(args)}
-    (RESULTS / f"passkey-{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    head = "| model | parameters | state (floats) | answer loss after training | " + " | ".join(
-        f"{n // 1024}K" if n % 1024 == 0 else str(n) for n in lengths) + " |"
-    lines = [f"# Passkey retrieval by length on {device_name}", "",
-             f"4 layers, d_model {args.d_model}; trained {args.steps} steps of {args.batch} prompts of "
-             f"{args.min_len}-{args.train_len} bytes (the longest growing over the first half) in {args.segment}-byte "
-             f"segments (lr {args.lr}); "
-             f"accuracy over {args.trials} prompts per length (greedy, exact match), prefill in {args.segment}-byte "
-             f"segments. torch {meta['torch']}.", "", head, "|" + " --- |" * 1 + " ---: |" * (3 + len(lengths))]
-    for r in rows:
-        acc = " | ".join(f"{r['accuracy'][n]:.0%}" for n in lengths)
-        lines.append(f"| {r['arch']} | {r['parameters']:,} | {r['state_floats']:,} | {r['answer_loss']:.3f} | {acc} |")
-    (RESULTS / f"passkey-{tag}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        write_results(rows, lengths, args, device)  # after every model: a cut-short run keeps what it measured
+    print("\n".join(write_results(rows, lengths, args, device)))
 
 
 if __name__ == "__main__":

@@ -167,3 +167,24 @@ def check_lm_carries_state(model, length: int = 45, cuts: tuple[int, ...] = (20,
             logits, state = model(ids[:, a:b], state)
             pieces.append(logits)
     assert rel_err(torch.cat(pieces, 1), full) < 1e-5
+
+
+def check_decode_gradients_match(mixer, reference, T: int = 12, d: int | None = None, tol: float = 1e-5) -> None:
+    """Token by token (the decode path, fp32) back-propagates like ``reference(mixer, x)`` in float64.
+
+    ``reference`` returns ``(outputs, ...)`` for a float64 ``x [2, T, d]``; the
+    input's and every parameter's gradient of a random projection are compared.
+    """
+    d = d or mixer.d_model
+    x = torch.randn(2, T, d, dtype=torch.float64)
+    weight = torch.randn(2, T, d, dtype=torch.float64)
+    x1 = x.clone().requires_grad_(True)
+    (reference(mixer, x1)[0] * weight).sum().backward()
+    want = {"x": x1.grad, **{n: p.grad.clone() for n, p in mixer.named_parameters()}}
+    mixer.zero_grad()
+    x2 = x.float().requires_grad_(True)
+    (run_in_chunks(mixer, x2, [1] * T)[0] * weight).sum().backward()
+    got = {"x": x2.grad, **{n: p.grad for n, p in mixer.named_parameters()}}
+    for name in want:
+        err = rel_err(got[name], want[name])
+        assert err < tol, f"gradient of {name} differs by {err:.2e}"

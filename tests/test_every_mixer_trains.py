@@ -7,7 +7,9 @@ from lamina.mixers import mixer_names
 
 HYBRIDS = {"griffin": {"rglru", "attn"}, "hawk": {"rglru"}, "samba": {"mamba2", "attn"}, "hgrn2-attn": {"hgrn2", "attn"}}
 HYBRIDS["hmt"] = {"attn"}  # not a hybrid: the HMT memory wrapper around attention layers
+HYBRIDS["hat"] = {"hgrn"}  # the backbone over words; the byte encoder and decoder are attention
 HYBRIDS["megabyte"] = {"hgrn"}  # the global model of MEGABYTE (its local model is one attention layer)
+BYTES_ONLY = {"hat", "megabyte"}  # presets that read bytes: ptb-char is read with the byte tokenizer
 SMALL = ["model.d_model=32", "train.steps=3", "train.batch_size=2", "train.seq_len=24", "train.warmup_steps=1",
          "train.eval_tokens=256", "train.sample_tokens=0"]
 
@@ -40,4 +42,20 @@ def test_hybrid_preset(preset, corpus, shared_data, tmp_path, capsys):
     assert main(["info", preset]) == 0
     layers = capsys.readouterr().out.split("layers (")[1].split("\n")[0].split(": ")[1].split(", ")
     assert set(layers) == HYBRIDS[preset]
-    train_and_generate(capsys, [preset, *SMALL, *corpus_overrides(corpus, shared_data)], tmp_path / "run")
+    tokenizer = ["data.tokenizer=bytes"] if preset in BYTES_ONLY else []
+    train_and_generate(capsys, [preset, *SMALL, *corpus_overrides(corpus, shared_data), *tokenizer], tmp_path / "run")
+
+
+WRAPPERS = {
+    "rmt": ["model.memory_tokens=4", "train.bptt_segments=2", "model.mixers={attn: {heads: 2, mem_len: 24}}"],
+    "xl-compressive": ["model.layers=[xl, xl]", "model.mixers={xl: {heads: 2, mem_len: 8, cmem_len: 4, cmem_rate: 2}}"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRAPPERS))
+def test_memory_wrapper_options_train_and_generate(name, tmp_path, capsys):
+    """The memory options that are not presets (RMT memory tokens, xl's compressed memory) through the CLI."""
+    base = "attn" if name == "rmt" else "xl"
+    train_and_generate(capsys, [base, *SMALL, *WRAPPERS[name]], tmp_path / "run")
+    assert main(["eval", str(tmp_path / "run"), "--max-tokens", "256"]) == 0
+    assert "bits/byte" in capsys.readouterr().out

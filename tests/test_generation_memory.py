@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from lamina.config import ModelConfig
-from lamina.eval.generate import generate
 from lamina.mixers.base import flatten_state
 from lamina.models import LM
 

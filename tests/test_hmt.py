@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from lamina.cli import main
 from lamina.config import HMTConfig, ModelConfig, load_config
@@ -15,8 +14,9 @@ from lamina.eval import evaluate, generate
 from lamina.mixers import detach_state
 from lamina.mixers.base import flatten_state, unflatten_state
 from lamina.models import LM
-from lamina.train import load_model, train
+from lamina.train import load_model
 from mixer_harness import rel_err
+from train_harness import check_resume_is_bit_exact
 
 L, K, N = 6, 2, 3  # segment, sensory, cache
 
@@ -293,23 +293,10 @@ HMT = ["model.hmt={sensory: 4, cache: 4}", "train.bptt_segments=2", "train.seq_l
 
 
 def test_checkpoint_round_trip_and_bit_exact_resume(tiny, tmp_path):
-    common = tiny + HMT + ["train.steps=8", "train.save_every=4", "train.eval_every=4", "train.keep_checkpoints=3",
-                         "train.eval_tokens=512"]
-    ref = train(load_config("default", common), log=lambda *_: None)
-    run = ref.run_dir
-    resumed_cfg = load_config("default", common + [f"train.out_dir={tmp_path / 'resumed'}"])
-    train(resumed_cfg, resume=str(run / "ckpt-0000004"), log=lambda *_: None)
-    want = load_file(run / "ckpt-0000008" / "model.safetensors")
-    got = load_file(tmp_path / "resumed" / "ckpt-0000008" / "model.safetensors")
+    run, want, saved = check_resume_is_bit_exact(tiny + HMT, tmp_path)
     assert {"segment_memory.prompt", "segment_memory.initial", "segment_memory.query.weight"} <= set(want)
-    for name in want:
-        assert torch.equal(want[name], got[name]), f"{name} differs after resume"
-    saved = torch.load(run / "ckpt-0000008" / "trainer.pt", weights_only=True)["stream_state"]
-    resumed = torch.load(tmp_path / "resumed" / "ckpt-0000008" / "trainer.pt", weights_only=True)["stream_state"]
     cache, valid = saved[0][:2]
     assert cache.shape == (4, 4, 32) and valid.all() and saved[0][-1].all()  # 16 segments filled the cache
-    for name, value in flatten_state(saved).items():
-        assert torch.equal(flatten_state(resumed)[name], value), f"carried {name} differs after resume"
     model, tokenizer, cfg = load_model(run)
     assert cfg.model.hmt.segment == 16
     tokens = torch.randint(0, 256, (800,), generator=torch.Generator().manual_seed(4))

@@ -9,7 +9,7 @@ from lamina.errors import LaminaError
 from lamina.mixers import mixer_class
 from lamina.mixers.base import flatten_state, unflatten_state
 from lamina.mixers.infini import InfiniOptions
-from mixer_harness import assert_finite_stream, check_forms_agree, rel_err, run_in_chunks
+from mixer_harness import assert_finite_stream, check_decode_gradients_match, check_forms_agree, rel_err, run_in_chunks
 
 D = 32
 
@@ -111,19 +111,7 @@ def test_matches_paper_under_any_split(options):
 
 def test_gradients_match_paper():
     """Token by token (the decode path) back-propagates like the paper's equations over the stream."""
-    mixer = make(update="delta")
-    x = torch.randn(2, 12, D, dtype=torch.float64)
-    weight = torch.randn(2, 12, D, dtype=torch.float64)
-    x1 = x.clone().requires_grad_(True)
-    (paper_reference(mixer, x1)[0] * weight).sum().backward()
-    want = {"x": x1.grad, **{n: p.grad.clone() for n, p in mixer.named_parameters()}}
-    mixer.zero_grad()
-    x2 = x.float().requires_grad_(True)
-    (run_in_chunks(mixer, x2, [1] * 12)[0] * weight).sum().backward()
-    got = {"x": x2.grad, **{n: p.grad for n, p in mixer.named_parameters()}}
-    for name in want:
-        err = rel_err(got[name], want[name])
-        assert err < 1e-5, f"gradient of {name} differs by {err:.2e}"
+    check_decode_gradients_match(make(update="delta"), paper_reference)
 
 
 def test_memory_is_written_at_stream_segment_ends():

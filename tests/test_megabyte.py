@@ -39,7 +39,7 @@ def reference_logits(model: Megabyte, ids: torch.Tensor) -> torch.Tensor:
     h = model.global_in(torch.stack(inputs, dim=1))
     for block in model.global_model.blocks:  # all patches in one call, from the empty state
         h, _ = block(h, None)
-    g = model.global_out(model.global_norm(h)).view(B, K, P, D)
+    g = model.global_out(model.global_model.norm(h)).view(B, K, P, D)
     logits = []
     for k in range(K):
         local = []
@@ -52,7 +52,7 @@ def reference_logits(model: Megabyte, ids: torch.Tensor) -> torch.Tensor:
         x = torch.stack(local, dim=1)
         for block in model.local_model.blocks:  # each patch from the empty state
             x, _ = block(x, None)
-        logits.append(model.local_norm(x) @ model.local_embed.weight.T)
+        logits.append(model.local_model.norm(x) @ model.local_embed.weight.T)
     return torch.cat(logits, dim=1)[:, 1:]  # byte 0 is never predicted
 
 
@@ -178,6 +178,7 @@ def test_factory_builds_the_lm_without_megabyte():
         (["model.megabyte={}", "model.hmt={}"], ["model.megabyte", "model.hmt=null"]),
         (["model.megabyte={}", "model.memory_tokens=4"], ["model.megabyte", "memory_tokens=0"]),
         (["model.megabyte={}", "data.tokenizer=words"], ["model.megabyte", "data.tokenizer=bytes"]),
+        (["model.megabyte={}", "model.hat={}"], ["model.hat", "model.megabyte=null"]),
         (["model.megabyte={local_layers: [atn]}"], ["unknown mixer", "atn"]),
         (["model.megabyte={local_mixers: {attn: {haeds: 2}}}"], ["haeds", "heads"]),
     ],

@@ -1,11 +1,9 @@
 """Memory tokens (Recurrent Memory Transformer): segments, BPTT, checkpoints, generation, CLI."""
 
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from lamina.cli import main
 from lamina.config import ModelConfig, load_config
@@ -14,8 +12,9 @@ from lamina.eval import evaluate, generate
 from lamina.mixers import detach_state
 from lamina.mixers.base import flatten_state
 from lamina.models import LM
-from lamina.train import load_model, train
+from lamina.train import load_model
 from mixer_harness import rel_err
+from train_harness import check_resume_is_bit_exact
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster than two competing
@@ -124,18 +123,8 @@ RMT = ["model.memory_tokens=4", "train.bptt_segments=2", "train.seq_len=16", "mo
 
 
 def test_checkpoint_round_trip_and_bit_exact_resume(tiny, tmp_path):
-    common = tiny + RMT + ["train.steps=8", "train.save_every=4", "train.eval_every=4", "train.keep_checkpoints=3",
-                         "train.eval_tokens=512"]
-    ref = train(load_config("default", common), log=lambda *_: None)
-    run = ref.run_dir
-    resumed_cfg = load_config("default", common + [f"train.out_dir={tmp_path / 'resumed'}"])
-    train(resumed_cfg, resume=str(run / "ckpt-0000004"), log=lambda *_: None)
-    want = load_file(run / "ckpt-0000008" / "model.safetensors")
-    got = load_file(tmp_path / "resumed" / "ckpt-0000008" / "model.safetensors")
+    run, want, saved = check_resume_is_bit_exact(tiny + RMT, tmp_path)
     assert "segment_memory.initial" in want
-    for name in want:
-        assert torch.equal(want[name], got[name]), f"{name} differs after resume"
-    saved = torch.load(run / "ckpt-0000008" / "trainer.pt", weights_only=True)["stream_state"]
     assert saved[0][0].shape == (4, 4, 32) and saved[0][2].all()  # the carried memory was saved
     model, tokenizer, cfg = load_model(run)
     assert cfg.model.memory_segment == 16

@@ -41,6 +41,27 @@ class HMTConfig:
 
 
 @dataclass
+class HATConfig:
+    """Hierarchical Autoregressive Transformer options (Neitemeier et al. 2025; see :mod:`lamina.models.hat`).
+
+    The backbone over words is ``model.layers`` at ``model.d_model``; the byte
+    encoder and decoder are layer schedules of their own at ``d_byte``, with
+    ``model.mixers`` as their defaults too.
+    """
+
+    d_byte: int = 128  # width of the byte encoder and decoder
+    encoder_layers: Any = field(default_factory=lambda: ["attn"])
+    decoder_layers: Any = field(default_factory=lambda: ["attn"])
+    max_word_len: int = 16  # longer runs are cut into words of this many bytes (lamina.data.words)
+
+    def __post_init__(self):
+        for key in ("d_byte", "max_word_len"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise LaminaError(f"model.hat.{key} must be a positive integer, got {value!r}")
+
+
+@dataclass
 class MegabyteConfig:
     """MEGABYTE options (Yu et al. 2023; see :mod:`lamina.models.megabyte`): the local model within each patch.
 
@@ -56,6 +77,16 @@ class MegabyteConfig:
         for key, value, least in (("patch", self.patch, 2), ("local_d_model", self.local_d_model, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise LaminaError(f"model.megabyte.{key} must be an integer >= {least}, got {value!r}")
+
+
+def _section(value: Any, cls: type, key: str) -> Any:
+    """An optional config section given as a mapping in Python (YAML goes through :func:`from_dict`)."""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {f.name for f in fields(cls)})
+        if unknown:
+            raise LaminaError(f"model.{key} has unknown keys {unknown}; known: {[f.name for f in fields(cls)]}")
+        return cls(**value)
+    return value
 
 
 @dataclass
@@ -81,17 +112,24 @@ class ModelConfig:
     memory_segment: Optional[int] = None  # tokens per memory segment; null: train.seq_len
     # Hierarchical Memory Transformer: a mapping of HMTConfig's keys ({} for the defaults); null: off
     hmt: Optional[HMTConfig] = None
+    # Hierarchical Autoregressive Transformer: a mapping of HATConfig's keys ({} for the defaults); null: off
+    hat: Optional[HATConfig] = None
     # MEGABYTE: the layers above are the global model over patches of bytes, this the local one; null: off
     megabyte: Optional[MegabyteConfig] = None
 
     def __post_init__(self):
-        self.hmt = _section(HMTConfig, self.hmt, "model.hmt")
-        self.megabyte = _section(MegabyteConfig, self.megabyte, "model.megabyte")
-        if self.megabyte is not None and (self.hmt is not None or self.memory_tokens):
-            raise LaminaError(
-                "model.megabyte does not combine with a segment memory (model.hmt or model.memory_tokens); "
-                "set model.hmt=null and model.memory_tokens=0"
-            )
+        self.hmt = _section(self.hmt, HMTConfig, "hmt")  # built in Python rather than loaded from YAML
+        self.hat = _section(self.hat, HATConfig, "hat")
+        self.megabyte = _section(self.megabyte, MegabyteConfig, "megabyte")
+        if self.hat is not None and self.megabyte is not None:
+            raise LaminaError("model.hat and model.megabyte are two byte models and only one can be used; "
+                              "set model.hat=null or model.megabyte=null")
+        for key in ("hat", "megabyte"):
+            if getattr(self, key) is not None and (self.hmt is not None or self.memory_tokens):
+                raise LaminaError(
+                    f"model.{key} works on a byte stream of its own and takes no segment memory; "
+                    f"set model.hmt=null and model.memory_tokens=0, or model.{key}=null"
+                )
         if self.hmt is not None and self.memory_tokens:
             raise LaminaError(
                 "model.hmt and model.memory_tokens are two segment memories and only one can be used; "
@@ -101,16 +139,6 @@ class ModelConfig:
             raise LaminaError(f"model.memory_tokens must be 0 (off) or a positive integer, got {self.memory_tokens}")
         if self.memory_segment is not None and self.memory_segment < 1:
             raise LaminaError(f"model.memory_segment must be a positive integer or null, got {self.memory_segment}")
-
-
-def _section(cls: type, value: Any, where: str) -> Any:
-    """An optional section given as a mapping (built in Python rather than loaded from YAML) -> ``cls``."""
-    if not isinstance(value, dict):
-        return value
-    unknown = sorted(set(value) - {f.name for f in fields(cls)})
-    if unknown:
-        raise LaminaError(f"{where} has unknown keys {unknown}; known: {[f.name for f in fields(cls)]}")
-    return cls(**value)
 
 
 @dataclass
@@ -174,8 +202,9 @@ class Config:
             self.model.memory_segment = self.train.seq_len  # memory segments are training segments
         if self.model.hmt is not None and self.model.hmt.segment is None:
             self.model.hmt.segment = self.train.seq_len
-        if self.model.megabyte is not None and self.data.tokenizer == "words":
-            raise LaminaError("model.megabyte models bytes: it needs data.tokenizer=bytes (or null on a byte corpus)")
+        for key in ("hat", "megabyte"):
+            if getattr(self.model, key) is not None and self.data.tokenizer == "words":
+                raise LaminaError(f"model.{key} models bytes: it needs data.tokenizer=bytes (or null on a byte corpus)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -70,6 +70,15 @@ class ByteTokenizer:
         return "ByteTokenizer()"
 
 
+def require_bytes(vocab_size: int, key: str) -> None:
+    """Refuse any vocabulary but the byte tokenizer's for a model that reads UTF-8 bytes (``model.<key>``)."""
+    if vocab_size != ByteTokenizer.vocab_size:
+        raise LaminaError(
+            f"model.{key} reads UTF-8 bytes and needs the byte tokenizer (vocabulary {ByteTokenizer.vocab_size}), "
+            f"got a vocabulary of {vocab_size}; set data.tokenizer=bytes and model.vocab_size=0, or model.{key}=null"
+        )
+
+
 class WordTokenizer:
     """Whitespace words with one ``<eos>`` per line: the PTB/WikiText convention.
 

@@ -67,86 +67,63 @@ class Block(nn.Module):
         return x, state
 
 
-def segment_memory(config: ModelConfig, d_model: int) -> SegmentMemory | None:
-    """The segment memory ``config`` asks for, if any (the config allows one at most)."""
-    if config.hmt is not None:
-        return HierarchicalMemory(config.hmt, d_model)
-    if config.memory_tokens:
-        return MemoryTokens(config.memory_tokens, d_model, config.memory_segment)
-    return None
+def build_blocks(
+    specs: list[LayerSpec], d_model: int, mlp_hidden: int, config: ModelConfig
+) -> tuple[nn.ModuleList, nn.ParameterDict]:
+    """One block per layer spec at width ``d_model``, and the parameters their mixers share (bound to them)."""
+    n_layers = len(specs)
+    blocks = nn.ModuleList(
+        Block(mixer_class(s.name)(d_model, s.options, i, n_layers), d_model, mlp_hidden, config.dropout,
+              config.norm_eps)
+        for i, s in enumerate(specs)
+    )
+    shared = nn.ParameterDict()
+    for block in blocks:
+        for name, init in type(block.mixer).shared_parameters.items():
+            if name not in shared:
+                shared[name] = nn.Parameter(init(n_layers, d_model))
+        block.mixer.bind_shared(shared)
+    return blocks, shared
 
 
-def init_linear_weights(model: nn.Module) -> None:
-    """GPT-2 initialisation of every ``nn.Linear`` and ``nn.Embedding`` in ``model``: N(0, 0.02), zero biases."""
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
+def init_linear(module: nn.Module) -> None:
+    """Every linear layer and embedding inside ``module``: N(0, 0.02) weights, zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
 
 
-class BlockStack(nn.Module):
-    """Pre-norm blocks built from a layer schedule, and the parameters their mixers share.
+def init_residual(blocks: nn.ModuleList) -> None:
+    """After :func:`init_linear`: residual-writing projections at 0.02/sqrt(2L), then each mixer's own init."""
+    residual_std = 0.02 / math.sqrt(2 * len(blocks))
+    for block in blocks:
+        nn.init.normal_(block.mlp.down.weight, mean=0.0, std=residual_std)
+        out = getattr(block.mixer, "out", None)
+        if isinstance(out, nn.Linear):
+            nn.init.normal_(out.weight, mean=0.0, std=residual_std)
+        if hasattr(block.mixer, "reset_parameters"):
+            block.mixer.reset_parameters()
 
-    Its state is the list of its layers' states. It is the LM's body, and
-    any model made of several stacks (MEGABYTE's global and local models) is
-    built from it.
-    """
 
-    def __init__(self, specs: list[LayerSpec], d_model: int, mlp_hidden: int | None, dropout: float, eps: float):
-        super().__init__()
-        self._add_blocks(specs, d_model, mlp_hidden, dropout, eps)
-        self._share_parameters(d_model)
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, state: list, masks: dict) -> tuple[torch.Tensor, list]:
+    """``x`` through ``blocks`` with one state per block -> ``(output, new states)``."""
+    new_state = []
+    for block, layer_state in zip(blocks, state):
+        x, layer_state = block(x, layer_state, **masks)
+        new_state.append(layer_state)
+    return x, new_state
 
-    def _add_blocks(self, specs: list[LayerSpec], d_model: int, mlp_hidden: int | None, dropout: float, eps: float):
-        self.specs = specs
-        hidden = mlp_hidden_size(d_model, mlp_hidden)
-        self.blocks = nn.ModuleList(
-            Block(mixer_class(s.name)(d_model, s.options, i, len(specs)), d_model, hidden, dropout, eps)
-            for i, s in enumerate(specs)
-        )
 
-    def _share_parameters(self, d_model: int) -> None:
-        """Make the parameters the mixers share (one table per stack) and hand it to them."""
-        self.shared = nn.ParameterDict()
-        for block in self.blocks:
-            for name, init in type(block.mixer).shared_parameters.items():
-                if name not in self.shared:
-                    self.shared[name] = nn.Parameter(init(len(self.blocks), d_model))
-            block.mixer.bind_shared(self.shared)
-
-    def reset_residuals(self) -> None:
-        """After :func:`init_linear_weights`: residual projections to N(0, 0.02/sqrt(2L)), then mixers' own inits."""
-        residual_std = 0.02 / math.sqrt(2 * len(self.blocks))
-        for block in self.blocks:
-            nn.init.normal_(block.mlp.down.weight, mean=0.0, std=residual_std)
-            out = getattr(block.mixer, "out", None)
-            if isinstance(out, nn.Linear):
-                nn.init.normal_(out.weight, mean=0.0, std=residual_std)
-            if hasattr(block.mixer, "reset_parameters"):
-                block.mixer.reset_parameters()
-
-    def _layer_states(self, batch: int, device=None, dtype=None) -> list:
-        return [block.mixer.init_state(batch, device, dtype) for block in self.blocks]
-
-    def _layers_state_size(self) -> int:
-        return sum(block.mixer.state_size() for block in self.blocks)
-
-    def memory_layers(self) -> list[Mixer]:
-        """The layers whose state is a memory of ``mem_len`` past tokens (attention)."""
-        return [b.mixer for b in self.blocks if getattr(b.mixer, "mem_len", None) is not None]
-
-    def _run_blocks(self, x: torch.Tensor, state: list, masks: dict) -> tuple[torch.Tensor, list]:
-        new_state = []
-        for block, layer_state in zip(self.blocks, state):
-            x, layer_state = block(x, layer_state, **masks)
-            new_state.append(layer_state)
-        return x, new_state
+def memory_layers(blocks: nn.ModuleList) -> list[Mixer]:
+    """The layers whose state is a memory of ``mem_len`` past tokens (attention)."""
+    return [b.mixer for b in blocks if getattr(b.mixer, "mem_len", None) is not None]
 
 
 @contextmanager
-def memory_length(layers: list[Mixer], mem_len: int | None = None, extra: int = 0) -> Iterator[None]:
-    """Inside this block, ``layers`` keep ``mem_len`` tokens (or their own plus ``extra``)."""
+def memory_lengths(layers: list[Mixer], mem_len: int | None = None, extra: int = 0) -> Iterator[None]:
+    """Inside this block, memory ``layers`` keep ``mem_len`` tokens (or their own plus ``extra``)."""
     saved = [m.mem_len for m in layers]
     for m, own in zip(layers, saved):
         m.mem_len = (own if mem_len is None else mem_len) + extra
@@ -157,7 +134,46 @@ def memory_length(layers: list[Mixer], mem_len: int | None = None, extra: int = 
             m.mem_len = own
 
 
-class LM(BlockStack):
+class Stack(nn.Module):
+    """A layer schedule's pre-norm blocks and a final RMSNorm: the body of :class:`LM`, as a part of a larger model.
+
+    ``layers`` is the schedule found at config key ``where``; ``mixers`` its default options per mixer name
+    (``config.mixers`` unless given). The byte models (HAT, MEGABYTE) are built from several.
+    """
+
+    def __init__(
+        self, layers, config: ModelConfig, d_model: int, where: str, mlp_hidden: int | None = None,
+        mixers: dict | None = None,
+    ):
+        super().__init__()
+        self.specs = parse_layers(layers, config.mixers if mixers is None else mixers, where)
+        self.blocks, self.shared = build_blocks(self.specs, d_model, mlp_hidden_size(d_model, mlp_hidden), config)
+        self.norm = nn.RMSNorm(d_model, eps=config.norm_eps)
+
+    def init_state(self, batch: int, device=None, dtype=None) -> list:
+        return [block.mixer.init_state(batch, device, dtype) for block in self.blocks]
+
+    def state_size(self) -> int:
+        return sum(block.mixer.state_size() for block in self.blocks)
+
+    def forward(self, x: torch.Tensor, state: list, masks: dict | None = None) -> tuple[torch.Tensor, list]:
+        h, state = run_blocks(self.blocks, x, state, masks or {})
+        return self.norm(h), state
+
+    def names(self) -> str:
+        return f"({len(self.specs)}): {', '.join(s.name for s in self.specs)}"
+
+
+def segment_memory(config: ModelConfig, d_model: int) -> SegmentMemory | None:
+    """The segment memory ``config`` asks for, if any (the config allows one at most)."""
+    if config.hmt is not None:
+        return HierarchicalMemory(config.hmt, d_model)
+    if config.memory_tokens:
+        return MemoryTokens(config.memory_tokens, d_model, config.memory_segment)
+    return None
+
+
+class LM(nn.Module):
     """A causal LM over token ids whose state is the list of its layers' states.
 
     With a segment memory (:mod:`lamina.models.segments`) it is a Recurrent
@@ -171,20 +187,19 @@ class LM(BlockStack):
     """
 
     def __init__(self, config: ModelConfig, vocab_size: int):
-        # the stack's parts are added between the LM's own, in the order that fixes initialisation and parameter order
-        nn.Module.__init__(self)
+        super().__init__()
         self.config = config
         self.vocab_size = vocab_size
+        self.specs: list[LayerSpec] = parse_layers(config.layers, config.mixers)
         d = config.d_model
         self.embed = nn.Embedding(vocab_size, d)
         self.embed_dropout = nn.Dropout(config.dropout)
-        self._add_blocks(parse_layers(config.layers, config.mixers), d, config.mlp_hidden, config.dropout, config.norm_eps)
+        self.blocks, self.shared = build_blocks(self.specs, d, mlp_hidden_size(d, config.mlp_hidden), config)
         self.norm = nn.RMSNorm(d, eps=config.norm_eps)
         self.segment_memory = segment_memory(config, d)
         self.head = None if config.tie_embeddings else nn.Linear(d, vocab_size, bias=False)
-        self._share_parameters(d)
-        init_linear_weights(self)
-        self.reset_residuals()
+        init_linear(self)
+        init_residual(self.blocks)
 
     # --- state API ----------------------------------------------------------------
     def init_state(self, batch: int, device=None, dtype=None) -> list:
@@ -193,10 +208,17 @@ class LM(BlockStack):
             return layers
         return [self.segment_memory.init_state(batch, device), layers]
 
+    def _layer_states(self, batch: int, device=None, dtype=None) -> list:
+        return [block.mixer.init_state(batch, device, dtype) for block in self.blocks]
+
     def state_size(self) -> int:
         """Floats carried per sequence between tokens, summed over layers (and the segment memory)."""
-        size = self._layers_state_size()
+        size = sum(block.mixer.state_size() for block in self.blocks)
         return size + (self.segment_memory.state_size() if self.segment_memory is not None else 0)
+
+    def memory_layers(self) -> list[Mixer]:
+        """The layers whose state is a memory of ``mem_len`` past tokens (attention)."""
+        return memory_layers(self.blocks)
 
     def memory(self, mem_len: int | None = None, extra: int = 0):
         """Inside this block, memory layers keep ``mem_len`` tokens (or their own plus ``extra``).
@@ -204,7 +226,7 @@ class LM(BlockStack):
         Evaluation uses it to read with a longer memory than training;
         generation to let new tokens see as far back as training did.
         """
-        return memory_length(self.memory_layers(), mem_len, extra)
+        return memory_lengths(self.memory_layers(), mem_len, extra)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -236,6 +258,9 @@ class LM(BlockStack):
             return self._forward_segments(ids, x, state)
         x, new_state = self._run_blocks(x, state, masks)
         return self._logits(self.norm(x)), new_state
+
+    def _run_blocks(self, x: torch.Tensor, state: list, masks: dict) -> tuple[torch.Tensor, list]:
+        return run_blocks(self.blocks, x, state, masks)
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(h) if self.head is not None else F.linear(h, self.embed.weight)

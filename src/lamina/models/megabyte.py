@@ -49,9 +49,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lamina.config import MegabyteConfig, ModelConfig
+from lamina.data.tokenizers import require_bytes
 from lamina.errors import LaminaError
-from lamina.models.lm import BlockStack, init_linear_weights, memory_length
-from lamina.models.schedule import parse_layers
+from lamina.mixers import Mixer
+from lamina.models.lm import Stack, init_linear, init_residual, memory_layers, memory_lengths
 
 
 class Megabyte(nn.Module):
@@ -62,34 +63,28 @@ class Megabyte(nn.Module):
         mb: MegabyteConfig = config.megabyte
         if mb is None:
             raise LaminaError("Megabyte needs model.megabyte (a mapping of its options, {} for the defaults)")
-        if config.hmt is not None or config.memory_tokens:
-            raise LaminaError("model.megabyte does not combine with model.hmt or model.memory_tokens; turn them off")
+        require_bytes(vocab_size, "megabyte")
         self.config = config
         self.vocab_size = vocab_size
         self.patch = P = mb.patch
         D, d = mb.local_d_model, config.d_model
-        self.global_model = BlockStack(
-            parse_layers(config.layers, config.mixers), d, config.mlp_hidden, config.dropout, config.norm_eps
-        )
-        local_specs = parse_layers(mb.local_layers, mb.local_mixers)
-        self.local_model = BlockStack(local_specs, D, None, config.dropout, config.norm_eps)
-        for mixer in self.local_model.memory_layers():
+        self.global_model = Stack(config.layers, config, d, "model.layers", config.mlp_hidden)
+        self.local_model = Stack(mb.local_layers, config, D, "model.megabyte.local_layers", mixers=mb.local_mixers)
+        for mixer in memory_layers(self.local_model.blocks):
             mixer.mem_len = P - 1  # the whole patch, whatever the split into calls
         self.global_embed = nn.Embedding(vocab_size, D)
         self.global_pad = nn.Parameter(torch.empty(P, D))
         self.global_in = nn.Linear(P * D, d, bias=False)
-        self.global_norm = nn.RMSNorm(d, eps=config.norm_eps)
         self.global_out = nn.Linear(d, P * D, bias=False)
         self.local_embed = nn.Embedding(vocab_size, D)
         self.local_pad = nn.Parameter(torch.empty(D))
-        self.local_norm = nn.RMSNorm(D, eps=config.norm_eps)
         self.head = None if config.tie_embeddings else nn.Linear(D, vocab_size, bias=False)
         self.dropout = nn.Dropout(config.dropout)
-        init_linear_weights(self)
+        init_linear(self)
         for pad in (self.global_pad, self.local_pad):
             nn.init.normal_(pad, mean=0.0, std=0.02)  # like the byte embeddings they stand in for
-        self.global_model.reset_residuals()
-        self.local_model.reset_residuals()
+        init_residual(self.global_model.blocks)
+        init_residual(self.local_model.blocks)
 
     # --- state API ----------------------------------------------------------------
     def init_state(self, batch: int, device=None, dtype=None) -> list:
@@ -99,23 +94,21 @@ class Megabyte(nn.Module):
             torch.zeros(batch, P, device=device, dtype=torch.long),
             torch.zeros(batch, P, D, device=device, dtype=dtype or torch.float32),
         )
-        return [self.global_model._layer_states(batch, device, dtype), self._local_states(batch, device, dtype), progress]
-
-    def _local_states(self, batch: int, device=None, dtype=None) -> list:
-        return self.local_model._layer_states(batch, device, dtype)
+        return [self.global_model.init_state(batch, device, dtype), self.local_model.init_state(batch, device, dtype),
+                progress]
 
     def state_size(self) -> int:
         """Floats carried per sequence: both models' layer states and the current patch's ``P·D`` local vectors."""
         own = self.patch * self.local_pad.shape[0]
-        return self.global_model._layers_state_size() + self.local_model._layers_state_size() + own
+        return self.global_model.state_size() + self.local_model.state_size() + own
 
-    def memory_layers(self):
+    def memory_layers(self) -> list[Mixer]:
         """The global model's memory layers (the local ones always keep their patch)."""
-        return self.global_model.memory_layers()
+        return memory_layers(self.global_model.blocks)
 
     def memory(self, mem_len: int | None = None, extra: int = 0):
         """Inside this block, the global memory layers keep ``mem_len`` patches (or their own plus ``extra``)."""
-        return memory_length(self.memory_layers(), mem_len, extra)
+        return memory_lengths(self.memory_layers(), mem_len, extra)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -155,8 +148,8 @@ class Megabyte(nn.Module):
             patches = torch.cat([self.global_pad.reshape(1, 1, -1).expand(B, 1, -1).to(patches.dtype), patches], 1)
         g = current[:, None].to(patches.dtype) if offset else patches.new_zeros(B, 0, P, current.shape[-1])
         if patches.shape[1]:
-            h, global_states = self.global_model._run_blocks(self.dropout(self.global_in(patches)), global_states, {})
-            new = self.global_out(self.global_norm(h)).view(B, -1, P, current.shape[-1])
+            h, global_states = self.global_model(self.dropout(self.global_in(patches)), global_states)
+            new = self.global_out(h).view(B, -1, P, current.shape[-1])
             g = torch.cat([g.to(new.dtype), new], dim=1)
         rest = buffer[:, complete * P :]
         partial = F.pad(rest, (0, P - rest.shape[1]))
@@ -169,14 +162,14 @@ class Megabyte(nn.Module):
         x = torch.where((positions % P == 0)[None, :, None], self.local_pad.to(x.dtype), x)
         x = self.dropout(x + g.flatten(1, 2)[:, offset : offset + x.shape[1]].to(x.dtype))
         h, local_states = self._run_local(x, offset, local_states)
-        logits = self._logits(self.local_norm(h))
+        logits = self._logits(h)
         if n == 0:
             logits = logits[:, 1:]
         progress = (read + T, partial, g[:, -1].to(current.dtype))
         return logits, [global_states, local_states, progress]
 
     def _run_local(self, x: torch.Tensor, offset: int, states: list) -> tuple[torch.Tensor, list]:
-        """Local model over positions ``x [B, S, D]`` starting at ``offset`` in a patch; the state of the unfinished one.
+        """Final-normed local model over ``x [B, S, D]`` from ``offset`` in a patch; the unfinished patch's state.
 
         The rest of a continued patch runs from the carried states; whole patches run as one batch from the empty
         state; a trailing unfinished patch runs from the empty state and leaves its states for the next call.
@@ -185,18 +178,18 @@ class Megabyte(nn.Module):
         P, outputs = self.patch, []
         head = min(S, P - offset) if offset else 0
         if head:
-            h, states = self.local_model._run_blocks(x[:, :head], states, {})
+            h, states = self.local_model(x[:, :head], states)
             outputs.append(h)
         full, tail = divmod(S - head, P)
         if full:
             patches = x[:, head : head + full * P].reshape(B * full, P, D)
-            h, _ = self.local_model._run_blocks(patches, self._local_states(B * full, x.device), {})
+            h, _ = self.local_model(patches, self.local_model.init_state(B * full, x.device))
             outputs.append(h.reshape(B, full * P, D))
         if tail:
-            h, states = self.local_model._run_blocks(x[:, S - tail :], self._local_states(B, x.device), {})
+            h, states = self.local_model(x[:, S - tail :], self.local_model.init_state(B, x.device))
             outputs.append(h)
         elif (offset + S) % P == 0:  # the call ends with a patch: the next one starts empty
-            states = self._local_states(B, x.device)
+            states = self.local_model.init_state(B, x.device)
         return torch.cat(outputs, dim=1), states
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -204,13 +197,11 @@ class Megabyte(nn.Module):
 
     def describe(self) -> str:
         """Both models, parameter count and state size, for printing."""
-        global_names = [s.name for s in self.global_model.specs]
-        local_names = [s.name for s in self.local_model.specs]
         mb = self.config.megabyte
         return "\n".join([
-            f"layers ({len(global_names)}): {', '.join(global_names)}",
+            f"layers {self.global_model.names()}",
             f"MEGABYTE: patches of {self.patch} bytes; global d_model {self.config.d_model}; "
-            f"local model ({len(local_names)}): {', '.join(local_names)}, d_model {mb.local_d_model}",
+            f"local model {self.local_model.names()}, d_model {mb.local_d_model}",
             f"vocab {self.vocab_size}, parameters {self.num_parameters():,}, "
             f"state {self.state_size():,} floats per sequence",
         ])

@@ -27,40 +27,40 @@ class LayerSpec:
     options: Any  # the mixer's Options dataclass instance
 
 
-def _entries(layers: Any) -> list:
+def _entries(layers: Any, where: str) -> list:
     if isinstance(layers, dict):
         unknown = set(layers) - {"pattern", "repeat"}
         if unknown or "pattern" not in layers:
             raise LaminaError(
-                "model.layers as a mapping needs exactly the keys pattern and repeat, "
+                f"{where} as a mapping needs exactly the keys pattern and repeat, "
                 "e.g. {pattern: [hgrn, attn], repeat: 3}"
             )
         repeat = layers.get("repeat", 1)
         if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
-            raise LaminaError(f"model.layers.repeat must be a positive integer, got {repeat!r}")
-        return _entries(layers["pattern"]) * repeat
+            raise LaminaError(f"{where}.repeat must be a positive integer, got {repeat!r}")
+        return _entries(layers["pattern"], where) * repeat
     if isinstance(layers, str):
         return [layers]
     if not isinstance(layers, (list, tuple)) or not layers:
-        raise LaminaError("model.layers must be a non-empty list of mixer names, e.g. [hgrn, hgrn, attn]")
+        raise LaminaError(f"{where} must be a non-empty list of mixer names, e.g. [hgrn, hgrn, attn]")
     return list(layers)
 
 
-def parse_layers(layers: Any, defaults: dict | None = None) -> list[LayerSpec]:
-    """Expand and validate a layer schedule into one :class:`LayerSpec` per layer."""
+def parse_layers(layers: Any, defaults: dict | None = None, where: str = "model.layers") -> list[LayerSpec]:
+    """Expand and validate a layer schedule (the config key ``where``) into one :class:`LayerSpec` per layer."""
     defaults = defaults or {}
     for name, options in defaults.items():  # model.mixers is checked even for mixers no layer uses
         from_dict(mixer_class(name).Options, options, f"model.mixers.{name}")
     specs = []
-    for i, entry in enumerate(_entries(layers)):
+    for i, entry in enumerate(_entries(layers, where)):
         if isinstance(entry, str):
             name, options = entry, {}
         elif isinstance(entry, dict) and len(entry) == 1:
             (name, options), = entry.items()
             options = options or {}
         else:
-            raise LaminaError(f"model.layers[{i}] must be a mixer name or {{name: {{options}}}}, got {entry!r}")
+            raise LaminaError(f"{where}[{i}] must be a mixer name or {{name: {{options}}}}, got {entry!r}")
         cls = mixer_class(name)
         merged = {**(defaults.get(name) or {}), **options}
-        specs.append(LayerSpec(name, from_dict(cls.Options, merged, f"model.layers[{i}].{name}")))
+        specs.append(LayerSpec(name, from_dict(cls.Options, merged, f"{where}[{i}].{name}")))
     return specs

@@ -35,7 +35,7 @@ from lamina.errors import LaminaError
 from lamina.eval import autocast_for, evaluate, format_metric, metric_value
 from lamina.eval.metrics import UNIT_METRIC
 from lamina.mixers import detach_state
-from lamina.models import LM, Megabyte, build_model
+from lamina.models import build_model
 from lamina.train.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -46,7 +46,7 @@ class TrainResult:
     valid_nats: float | None
     unit: str
     interrupted: bool
-    model: LM | Megabyte
+    model: torch.nn.Module  # LM, HAT or Megabyte (lamina.models.build_model)
     tokenizer: object
 
 
@@ -67,7 +67,7 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: LM | Megabyte, cfg, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg, device: torch.device) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices and embeddings only (not on norms, biases or gate vectors)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -137,8 +137,6 @@ def train(cfg: Config, resume: str | None = None, log=print) -> TrainResult:
 
     torch.manual_seed(t.seed)
     random.seed(t.seed)
-    if cfg.model.megabyte is not None and tokenizer.name != "bytes":
-        raise LaminaError(f"model.megabyte models bytes but this run reads {tokenizer.name}; set data.tokenizer=bytes")
     model = build_model(cfg.model, cfg.model.vocab_size or tokenizer.vocab_size).to(device)
     optimizer = make_optimizer(model, t, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -1,0 +1,31 @@
+"""Shared check that an interrupted run resumes bit-exactly (weights and the carried stream state)."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import load_file
+
+from lamina.config import load_config
+from lamina.mixers.base import flatten_state
+from lamina.train import train
+
+
+def check_resume_is_bit_exact(overrides: list[str], tmp_path):
+    """Train 8 steps, resume a copy from step 4, and compare step 8's weights and carried state.
+
+    Returns ``(run_dir, weights, stream_state)`` of the uninterrupted run for model-specific checks.
+    """
+    common = overrides + ["train.steps=8", "train.save_every=4", "train.eval_every=4", "train.keep_checkpoints=3",
+                          "train.eval_tokens=512"]
+    run = train(load_config("default", common), log=lambda *_: None).run_dir
+    resumed_cfg = load_config("default", common + [f"train.out_dir={tmp_path / 'resumed'}"])
+    train(resumed_cfg, resume=str(run / "ckpt-0000004"), log=lambda *_: None)
+    want = load_file(run / "ckpt-0000008" / "model.safetensors")
+    got = load_file(tmp_path / "resumed" / "ckpt-0000008" / "model.safetensors")
+    for name in want:
+        assert torch.equal(want[name], got[name]), f"{name} differs after resume"
+    saved = torch.load(run / "ckpt-0000008" / "trainer.pt", weights_only=True)["stream_state"]
+    resumed = torch.load(tmp_path / "resumed" / "ckpt-0000008" / "trainer.pt", weights_only=True)["stream_state"]
+    for name, value in flatten_state(saved).items():
+        assert torch.equal(flatten_state(resumed)[name], value), f"carried {name} differs after resume"
+    return run, want, saved
