@@ -7,7 +7,11 @@ MEGABYTE's ``d_model`` is chosen so that their parameter count is the nearest
 to the flat model's. Each model is then scored on the validation split clean
 and with ``--noise`` of its characters corrupted (:mod:`lamina.data.noise`),
 both with state carried, in bits per byte; training tokens/s is the mean over
-the logged windows.
+the logged windows. A word-level LM (the ``default`` preset with the corpus'
+word tokenizer, same width) is scored the same way for the robustness
+comparison: its bits per byte count every word it cannot spell as the one
+``<unk>`` token, so under noise its figure understates what it would cost to
+predict the text.
 
 Writes ``benchmarks/results/hierarchical-<device>.{json,md}``.
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -32,11 +37,13 @@ from lamina.models import build_model
 from lamina.train import pick_device, train
 
 RESULTS = Path(__file__).parent / "results"
-MODELS = ("flat", "hat", "megabyte")
+MODELS = ("flat", "hat", "megabyte", "word")
 
 
 def config_for(name: str, overrides: list[str], d_model: int | None = None):
-    preset = "default" if name == "flat" else name
+    preset = "default" if name in ("flat", "word") else name
+    if name == "word":
+        overrides = [o for o in overrides if not o.startswith("data.tokenizer=")] + ["data.tokenizer=words"]
     extra = [f"model.d_model={d_model}"] if d_model else []
     return load_config(preset, overrides + extra)
 
@@ -49,10 +56,24 @@ def matched_d_model(name: str, overrides: list[str], target: int) -> int:
     return min(range(64, 1025, 32), key=lambda d: abs(count(d) - target))
 
 
-def bits_per_byte(model, cfg, tokens, device) -> float:
+def bits_per_byte(model, cfg, tokenizer, documents: list[bytes], device) -> float:
+    """Bits per byte of ``documents`` (each with its separator), for byte and word tokenizers alike."""
+    tokens = tokenizer.encode_documents(documents)
     result = evaluate(model, tokens, batch_size=8, tgt_len=cfg.train.seq_len, carry=True, device=device,
                       precision=cfg.train.precision)
-    return result.nats / torch.log(torch.tensor(2.0)).item()
+    n_bytes = sum(len(doc) + 1 for doc in documents)
+    return result.nats * result.tokens / n_bytes / math.log(2)
+
+
+def first_bytes(documents: list[bytes], n: int) -> list[bytes]:
+    """The leading documents holding ``n`` bytes (the last one cut); all of them for ``n = 0``."""
+    out, total = [], 0
+    for doc in documents:
+        if n and total >= n:
+            break
+        out.append(doc[: n - total] if n else doc)
+        total += len(out[-1])
+    return out
 
 
 def main() -> None:
@@ -70,9 +91,8 @@ def main() -> None:
     rows = []
     for corpus_name in args.corpora.split(","):
         corpus = load_corpus(corpus_name, args.data_dir)
-        documents = corpus.documents("valid")
+        documents = first_bytes(corpus.documents("valid"), args.eval_bytes)
         noisy_documents = [corrupt(doc, args.noise, seed=i) for i, doc in enumerate(documents)]
-        cut = slice(0, args.eval_bytes or None)
         common = [f"data.corpus={corpus_name}", f"data.data_dir={args.data_dir}", "data.tokenizer=bytes",
                   "train.steps=1000000", f"train.max_minutes={args.seconds / 60}", "train.eval_every=1000000",
                   "train.save_every=1000000", "train.sample_tokens=0", "train.eval_tokens=65536", *args.set]
@@ -82,7 +102,7 @@ def main() -> None:
             d_model = None
             if name == "flat":
                 target = build_model(config_for(name, overrides).model, 257).num_parameters()
-            elif target is not None:
+            elif target is not None and name != "word":  # the word LM's vocabulary is the corpus': same width instead
                 d_model = matched_d_model(name, overrides, target)
             cfg = config_for(name, overrides, d_model)
             start = time.time()
@@ -96,8 +116,8 @@ def main() -> None:
                 "corpus": corpus_name, "model": name, "d_model": cfg.model.d_model,
                 "parameters": model.num_parameters(), "steps": result.step, "train_seconds": seconds,
                 "tokens_per_s": sum(speeds) / max(len(speeds), 1),
-                "bpb": bits_per_byte(model, cfg, tok.encode_documents(documents)[cut], device),
-                "bpb_noisy": bits_per_byte(model, cfg, tok.encode_documents(noisy_documents)[cut], device),
+                "bpb": bits_per_byte(model, cfg, tok, documents, device),
+                "bpb_noisy": bits_per_byte(model, cfg, tok, noisy_documents, device),
             }
             rows.append(row)
             print(f"{corpus_name:15} {name:9} d {row['d_model']:4} {row['parameters']:>10,} params "
