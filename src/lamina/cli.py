@@ -1,7 +1,7 @@
 """The ``lamina`` command: train, eval, generate, info.
 
     lamina train [PRESET|FILE.yaml] [key=value ...] [--resume RUN]
-    lamina eval RUN [--split test] [--tgt-len N] [--mem-len N] [--carry both|yes|no] [--buckets N,N,...]
+    lamina eval RUN [--split test] [--tgt-len N] [--mem-len N] [--carry both|yes|no] [--buckets N,N,...] [--corrupt RATE]
     lamina eval RUN --passkey LEN,LEN,... [--passkey-trials N]
     lamina generate RUN [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
     lamina info [RUN|PRESET] [key=value ...]
@@ -154,7 +154,16 @@ def cmd_eval(args) -> int:
         with model.memory(mem_len=args.mem_len):
             return _passkey(model, tokenizer, tgt_len, args)
     corpus = load_corpus(cfg.data.corpus, args.data_dir or cfg.data.data_dir, cfg.data.download)
-    tokens = encode_split(tokenizer, corpus, args.split)
+    if args.corrupt:
+        from lamina.data.noise import corrupt
+
+        documents = [corrupt(doc, args.corrupt, seed=args.seed * 1_000_003 + i)
+                     for i, doc in enumerate(corpus.documents(args.split))]
+        tokens = tokenizer.encode_documents(documents)
+        print(f"scoring the {args.split} split with {args.corrupt:.1%} of its characters corrupted "
+              f"(keyboard-neighbour substitutions, drops, doubles, swaps; seed {args.seed})")
+    else:
+        tokens = encode_split(tokenizer, corpus, args.split)
     unit = metric_unit(corpus, tokenizer)
     modes = [True, False] if args.carry == "both" else [args.carry == "yes"]
     with model.memory(mem_len=args.mem_len):
@@ -250,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(Landmark Attention's task, meant for byte models; the prompt is read in --tgt-len segments with carried state)",
     )
     p.add_argument("--passkey-trials", type=int, default=10, help="prompts per length (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="passkey prompts' seed")
+    p.add_argument("--corrupt", type=float, default=0.0, metavar="RATE",
+                   help="score the split with this fraction of characters corrupted by typing noise (e.g. 0.05)")
+    p.add_argument("--seed", type=int, default=0, help="passkey prompts' and --corrupt noise's seed")
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
