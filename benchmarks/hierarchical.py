@@ -53,7 +53,7 @@ def matched_d_model(name: str, overrides: list[str], target: int) -> int:
     def count(d):
         cfg = config_for(name, overrides, d)
         return build_model(cfg.model, 257).num_parameters()
-    return min(range(64, 1025, 32), key=lambda d: abs(count(d) - target))
+    return min(range(64, 513, 32), key=lambda d: abs(count(d) - target))
 
 
 def bits_per_byte(model, cfg, tokenizer, documents: list[bytes], device) -> float:
@@ -74,6 +74,25 @@ def first_bytes(documents: list[bytes], n: int) -> list[bytes]:
         out.append(doc[: n - total] if n else doc)
         total += len(out[-1])
     return out
+
+
+def write_results(rows: list[dict], args, device) -> list[str]:
+    """Write the rows so far to ``benchmarks/results/hierarchical-<device>.{json,md}``; returns the table."""
+    tag = torch.cuda.get_device_name().split()[1].lower() if device.type == "cuda" else "cpu"
+    meta = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+            **vars(args)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"hierarchical-{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    lines = [f"# Hierarchical byte models against the flat byte LM on {meta['device']}", "",
+             f"Equal training time ({args.seconds:.0f} s per model), parameters matched through d_model; validation "
+             f"bytes ({args.eval_bytes or 'all'}) scored with state carried, clean and with {args.noise:.0%} of "
+             f"characters corrupted. torch {meta['torch']}.", "",
+             "| corpus | model | d_model | parameters | steps | train tokens/s | bits/byte | bits/byte, noisy |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['corpus']} | {r['model']} | {r['d_model']} | {r['parameters']:,} | {r['steps']:,} | "
+              f"{r['tokens_per_s']:,.0f} | {r['bpb']:.4f} | {r['bpb_noisy']:.4f} |" for r in rows]
+    (RESULTS / f"hierarchical-{tag}.md").write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def main() -> None:
@@ -120,24 +139,11 @@ def main() -> None:
                 "bpb_noisy": bits_per_byte(model, cfg, tok, noisy_documents, device),
             }
             rows.append(row)
+            write_results(rows, args, device)  # after every model: a cut-short run keeps what it measured
             print(f"{corpus_name:15} {name:9} d {row['d_model']:4} {row['parameters']:>10,} params "
                   f"{row['steps']:6} steps {row['tokens_per_s']:>10,.0f} tok/s  bpb {row['bpb']:.4f}  "
                   f"noisy {row['bpb_noisy']:.4f}", flush=True)
-    tag = torch.cuda.get_device_name().split()[1].lower() if device.type == "cuda" else "cpu"
-    meta = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-            **vars(args)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"hierarchical-{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    lines = [f"# Hierarchical byte models against the flat byte LM on {meta['device']}", "",
-             f"Equal training time ({args.seconds:.0f} s per model), parameters matched through d_model; validation "
-             f"bytes ({args.eval_bytes or 'all'}) scored with state carried, clean and with {args.noise:.0%} of "
-             f"characters corrupted. torch {meta['torch']}.", "",
-             "| corpus | model | d_model | parameters | steps | train tokens/s | bits/byte | bits/byte, noisy |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['corpus']} | {r['model']} | {r['d_model']} | {r['parameters']:,} | {r['steps']:,} | "
-              f"{r['tokens_per_s']:,.0f} | {r['bpb']:.4f} | {r['bpb_noisy']:.4f} |" for r in rows]
-    (RESULTS / f"hierarchical-{tag}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print("\n".join(write_results(rows, args, device)))
 
 
 if __name__ == "__main__":
