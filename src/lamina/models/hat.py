@@ -64,10 +64,10 @@ from lamina.data.tokenizers import require_bytes
 from lamina.data.words import word_starts
 from lamina.errors import LaminaError
 from lamina.mixers import Mixer
-from lamina.models.lm import Stack, init_linear, init_residual, memory_layers, memory_lengths
+from lamina.models.lm import SequenceModel, Stack, init_linear, init_residual, memory_layers
 
 
-class HAT(nn.Module):
+class HAT(SequenceModel):
     """A byte LM with a word-level backbone (see the module docstring); the same interface as ``LM``."""
 
     def __init__(self, config: ModelConfig, vocab_size: int):
@@ -110,13 +110,6 @@ class HAT(nn.Module):
     def memory_layers(self) -> list[Mixer]:
         """The attention layers of the encoder, backbone and decoder (the backbone's count words, not bytes)."""
         return [m for s in (self.encoder, self.backbone, self.decoder) for m in memory_layers(s.blocks)]
-
-    def memory(self, mem_len: int | None = None, extra: int = 0):
-        """As :meth:`lamina.models.LM.memory`, for the memory layers of all three stacks."""
-        return memory_lengths(self.memory_layers(), mem_len, extra)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     # --- forward ------------------------------------------------------------------
     def forward(

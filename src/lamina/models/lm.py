@@ -14,6 +14,7 @@ paper-specific initialisation defines ``reset_parameters()``, called last.
 
 from __future__ import annotations
 
+import abc
 import math
 from contextlib import contextmanager
 from typing import Iterator
@@ -173,7 +174,31 @@ def segment_memory(config: ModelConfig, d_model: int) -> SegmentMemory | None:
     return None
 
 
-class LM(nn.Module):
+class SequenceModel(nn.Module, abc.ABC):
+    """What every lamina model offers beside ``forward(ids, state) -> (logits, state)`` and its state methods.
+
+    A subclass lists its attention-like layers in :meth:`memory_layers`; the
+    trainer, evaluation and generation then change their memory through
+    :meth:`memory` without knowing the model's structure.
+    """
+
+    @abc.abstractmethod
+    def memory_layers(self) -> list[Mixer]:
+        """The layers whose state is a memory of ``mem_len`` past positions (attention)."""
+
+    def memory(self, mem_len: int | None = None, extra: int = 0):
+        """Inside this block, memory layers keep ``mem_len`` positions (or their own plus ``extra``).
+
+        Evaluation uses it to read with a longer memory than training;
+        generation to let new tokens see as far back as training did.
+        """
+        return memory_lengths(self.memory_layers(), mem_len, extra)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class LM(SequenceModel):
     """A causal LM over token ids whose state is the list of its layers' states.
 
     With a segment memory (:mod:`lamina.models.segments`) it is a Recurrent
@@ -217,19 +242,7 @@ class LM(nn.Module):
         return size + (self.segment_memory.state_size() if self.segment_memory is not None else 0)
 
     def memory_layers(self) -> list[Mixer]:
-        """The layers whose state is a memory of ``mem_len`` past tokens (attention)."""
         return memory_layers(self.blocks)
-
-    def memory(self, mem_len: int | None = None, extra: int = 0):
-        """Inside this block, memory layers keep ``mem_len`` tokens (or their own plus ``extra``).
-
-        Evaluation uses it to read with a longer memory than training;
-        generation to let new tokens see as far back as training did.
-        """
-        return memory_lengths(self.memory_layers(), mem_len, extra)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     # --- forward ------------------------------------------------------------------
     def forward(

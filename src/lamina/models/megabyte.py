@@ -52,10 +52,10 @@ from lamina.config import MegabyteConfig, ModelConfig
 from lamina.data.tokenizers import require_bytes
 from lamina.errors import LaminaError
 from lamina.mixers import Mixer
-from lamina.models.lm import Stack, init_linear, init_residual, memory_layers, memory_lengths
+from lamina.models.lm import SequenceModel, Stack, init_linear, init_residual, memory_layers
 
 
-class Megabyte(nn.Module):
+class Megabyte(SequenceModel):
     """A MEGABYTE byte model with the :class:`~lamina.models.LM` interface (equations in the module docstring)."""
 
     def __init__(self, config: ModelConfig, vocab_size: int):
@@ -105,13 +105,6 @@ class Megabyte(nn.Module):
     def memory_layers(self) -> list[Mixer]:
         """The global model's memory layers (the local ones always keep their patch)."""
         return memory_layers(self.global_model.blocks)
-
-    def memory(self, mem_len: int | None = None, extra: int = 0):
-        """Inside this block, the global memory layers keep ``mem_len`` patches (or their own plus ``extra``)."""
-        return memory_lengths(self.memory_layers(), mem_len, extra)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     # --- forward ------------------------------------------------------------------
     def forward(
