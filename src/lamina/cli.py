@@ -5,6 +5,7 @@
     lamina eval RUN --passkey LEN,LEN,... [--passkey-trials N]
     lamina generate RUN [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
     lamina info [RUN|PRESET] [key=value ...]
+    lamina compare ARCH ARCH ... [key=value ...] [--tokens N | --minutes M] [--out DIR] [--device cpu|cuda|auto]
 
 Errors a user can fix print one line and exit with status 2.
 """
@@ -15,6 +16,7 @@ import argparse
 import codecs
 import os
 import sys
+import time
 from pathlib import Path
 
 from lamina.errors import LaminaError
@@ -227,6 +229,24 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    import shlex
+
+    from lamina.compare import DEFAULT_TOKENS, Budget, compare
+
+    names = [item for item in args.items if "=" not in item]
+    overrides = [item for item in args.items if "=" in item]
+    tokens = DEFAULT_TOKENS if args.tokens is None and args.minutes is None else args.tokens
+    budget = Budget(tokens=tokens, minutes=args.minutes)
+    out = Path(args.out or "runs/compare-" + "-".join(names))
+    flag = f"--tokens {tokens}" if tokens is not None else f"--minutes {args.minutes:g}"
+    command = " ".join(["lamina compare", *map(shlex.quote, names + overrides), flag, f"--device {args.device}"])
+    start = time.time()
+    compare(names, overrides, budget, out, device=args.device, width_multiple=args.width_multiple, command=command)
+    print(f"compared {len(names)} architectures in {time.time() - start:.0f} s; report in {out / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lamina", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -281,6 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="architecture, parameters and state size of a run or preset")
     p.add_argument("items", nargs="*", metavar="RUN|PRESET|key=value")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("compare", help="train several architectures at equal parameters and budget; write a report")
+    p.add_argument("items", nargs="*", metavar="ARCH|key=value",
+                   help="presets or mixer names (parameters matched to the first), then overrides for all")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--tokens", type=int, help="training tokens per architecture (default: a few CPU minutes)")
+    budget.add_argument("--minutes", type=float, help="training minutes per architecture instead of a token budget")
+    p.add_argument("--out", help="report directory (default: runs/compare-ARCH-ARCH...)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--width-multiple", type=int, default=32, help="matched widths are multiples of this (default 32)")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
