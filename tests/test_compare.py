@@ -1,6 +1,7 @@
 """lamina compare: matched parameters, equal budgets, and the report directory it writes."""
 
 import json
+import sys
 
 import pytest
 
@@ -79,3 +80,24 @@ def test_bad_input_is_a_clear_error(argv, message, small, tmp_path, capsys):
 def test_one_corpus_only(small):
     with pytest.raises(LaminaError, match="compare on one corpus"):
         plan(["hgrn", "shakespeare-char"], [o for o in small if not o.startswith("data.")], Budget(tokens=TOKENS))
+
+
+def test_time_budget(small, tmp_path, one_thread):
+    """--minutes gives each architecture the same wall time (training stops at the first step past it)."""
+    out = tmp_path / "report"
+    assert main(["compare", "attn", "hgrn", *small, "--minutes", "0.03", "--out", str(out), "--device", "cpu"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["budget"] == {"tokens": None, "minutes": 0.03}
+    for a in results["architectures"]:
+        assert a["steps"] >= 1
+        assert a["tokens"] == a["steps"] * 4 * 32
+        assert a["curve"][-1]["step"] == a["steps"]
+        assert a["curve"][-1]["elapsed"] > 0.03 * 60  # stopped only once the budget had passed
+    assert "0.03 minutes of training each" in (out / "report.md").read_text()
+
+
+def test_missing_matplotlib_is_a_clear_error(small, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert main(["compare", "hgrn", "attn", *small, "--out", str(tmp_path / "r")]) == 2
+    assert "pip install 'lamina[plots]'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing was trained

@@ -1,11 +1,11 @@
-"""The ``lamina`` command: train, eval, generate, info.
+"""The ``lamina`` command: train, eval, generate, info, compare.
 
     lamina train [PRESET|FILE.yaml] [key=value ...] [--resume RUN]
     lamina eval RUN [--split test] [--tgt-len N] [--mem-len N] [--carry both|yes|no] [--buckets N,N,...] [--corrupt RATE]
     lamina eval RUN --passkey LEN,LEN,... [--passkey-trials N]
     lamina generate RUN [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
     lamina info [RUN|PRESET] [key=value ...]
-    lamina compare ARCH ARCH ... [key=value ...] [--tokens N | --minutes M] [--out DIR] [--device cpu|cuda|auto]
+    lamina compare ARCH ARCH ... [key=value ...] [--tokens N | --minutes M] [--out DIR] [--device cpu|cuda]
 
 Errors a user can fix print one line and exit with status 2.
 """

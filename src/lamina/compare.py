@@ -176,8 +176,8 @@ def generation_speed(model, tokenizer, context: int, tokens: int = GENERATE_TOKE
 def read_metrics(run_dir: Path, tokens_per_step: int) -> tuple[list[dict], float]:
     """The validation curve (step, tokens, seconds, nats) and the median training tokens/s of the logged windows."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    curve = [{"step": r["step"], "tokens": r["step"] * tokens_per_step, "elapsed": r["elapsed"], "valid_loss": r["valid_loss"]}
-             for r in rows if "valid_loss" in r]
+    curve = [{"step": r["step"], "tokens": r["step"] * tokens_per_step, "elapsed": r["elapsed"],
+              "valid_loss": r["valid_loss"]} for r in rows if "valid_loss" in r]
     speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
     return curve, statistics.median(speeds) if speeds else float("nan")
 
@@ -230,13 +230,14 @@ def _steps_for_time(arch: Arch, cfg: Config, log) -> int:
     return every
 
 
-def write_report(archs: list[Arch], out: Path, budget: Budget, command: str) -> None:
+def write_report(archs: list[Arch], out: Path, budget: Budget, command: str, width_multiple: int) -> None:
     """``report.md``, ``results.json`` and the two plots."""
     out.mkdir(parents=True, exist_ok=True)
     unit = archs[0].results["unit"]
     metric = UNIT_METRIC[unit]
     memory_kind = archs[0].results["peak_memory_kind"]
     first = archs[0].parameters
+    spread = max(abs(a.parameters / first - 1) for a in archs)
     t = archs[0].config.train
     lines = [
         "# Architecture comparison",
@@ -244,7 +245,8 @@ def write_report(archs: list[Arch], out: Path, budget: Budget, command: str) -> 
         f"`{command}`",
         "",
         f"Corpus {archs[0].config.data.corpus}; {budget.describe()}, batches of {t.batch_size}x{t.seq_len} tokens on "
-        f"{pick_device(t.device)}. Parameters matched to {archs[0].name}'s through model.d_model. Validation on "
+        f"{pick_device(t.device)}. Parameters matched to {archs[0].name}'s through model.d_model (multiples of "
+        f"{width_multiple}), within {spread:.1%}. Validation on "
         f"{t.eval_tokens or 'all'} tokens of the valid split. Peak memory: {memory_kind}"
         + (" (of the whole process, so it never goes down from one run to the next)." if "RSS" in memory_kind else "."),
         "",
@@ -257,13 +259,16 @@ def write_report(archs: list[Arch], out: Path, budget: Budget, command: str) -> 
         lines.append(
             f"| {a.name} | {a.config.model.d_model} | {a.parameters:,} | {100 * (a.parameters / first - 1):+.1f}% | "
             f"{a.state_size:,} | {r['steps']:,} | {r['tokens']:,} | {metric_value(unit, r['valid_loss']):.4f} | "
-            f"{r['train_tokens_per_s']:,.0f} | {r['peak_memory_bytes'] / 2**20:,.0f} | {r['generate_tokens_per_s']:,.1f} |"
+            f"{r['train_tokens_per_s']:,.0f} | {r['peak_memory_bytes'] / 2**20:,.0f} | "
+            f"{r['generate_tokens_per_s']:,.1f} |"
         )
-    lines += ["", "Final validation: " + "; ".join(f"{a.name} {format_metric(unit, a.results['valid_loss'])}" for a in archs),
-              "", "![validation against tokens](valid_vs_tokens.png)", "", "![validation against time](valid_vs_time.png)", ""]
+    finals = "; ".join(f"{a.name} {format_metric(unit, a.results['valid_loss'])}" for a in archs)
+    lines += ["", f"Final validation: {finals}", "", "![validation against tokens](valid_vs_tokens.png)", "",
+              "![validation against time](valid_vs_time.png)", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
     results = {
-        "command": command, "budget": {"tokens": budget.tokens, "minutes": budget.minutes}, "unit": unit, "metric": metric,
+        "command": command, "width_multiple": width_multiple, "unit": unit, "metric": metric,
+        "budget": {"tokens": budget.tokens, "minutes": budget.minutes},
         "architectures": [{"name": a.name, "d_model": a.config.model.d_model, "parameters": a.parameters,
                            "state_size": a.state_size, **a.results} for a in archs],
     }
@@ -276,7 +281,7 @@ def require_matplotlib():
     try:
         import matplotlib
     except ImportError:
-        raise LaminaError("the comparison's plots need matplotlib: pip install 'lamina[plots]' (or matplotlib)") from None
+        raise LaminaError("the comparison's plots need matplotlib: pip install 'lamina[plots]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -309,5 +314,5 @@ def compare(names: list[str], overrides: list[str], budget: Budget, out: Path, d
     for a in archs:
         log(f"{a.name}: d_model {a.config.model.d_model}, {a.parameters:,} parameters, {a.config.train.steps:,} steps")
     run(archs, out, device, log)
-    write_report(archs, out, budget, command)
+    write_report(archs, out, budget, command, width_multiple)
     return archs
