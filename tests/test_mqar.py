@@ -89,18 +89,18 @@ def _accuracy(capsys, argv) -> float:
     return float(line[0].split()[2])
 
 
-def test_recall_attention_learns_mqar(capsys):
+def test_recall_attention_learns_mqar(capsys, one_thread):
     """Two attention layers solve easy MQAR: far above both chance (1/16) and copying a random value of the
     two in context (1/2), which a model that ignores the query key would reach at best."""
     assert _accuracy(capsys, EASY) > 0.9
 
 
-def test_recall_shuffled_labels_do_not(capsys):
+def test_recall_shuffled_labels_do_not(capsys, one_thread):
     """The control: the same run with the query labels permuted across examples learns no key-value link."""
     assert _accuracy(capsys, [*EASY, "--shuffle-labels"]) < 0.3
 
 
-def test_recall_sweep_writes_table_and_plot(tmp_path, capsys):
+def test_recall_sweep_writes_table_and_plot(tmp_path, capsys, one_thread):
     from lamina.cli import main
 
     pytest.importorskip("matplotlib")
