@@ -5,7 +5,7 @@
     lamina eval RUN --passkey LEN,LEN,... [--passkey-trials N]
     lamina generate RUN [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
     lamina info [RUN|PRESET] [key=value ...]
-    lamina recall [PRESET|MIXER] [key=value ...] [--vocab-size V] [--seq-len L] [--kv-pairs K] [--epochs E] [--lr LR]
+    lamina recall [PRESET|MIXER] [key=value ...] [--vocab-size V] [--seq-len L] [--kv-pairs K] [--epochs E]
     lamina recall --sweep --models attn,hgrn --widths 32,64 --lrs 1e-3,3e-3 [--out DIR]
 
 Errors a user can fix print one line and exit with status 2.

@@ -59,7 +59,9 @@ def shuffle_labels(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 @torch.no_grad()
 def recall_accuracy(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, device) -> float:
-    """Fraction of query positions (labels != -100) whose argmax logit is the label; each example from an empty state."""
+    """Fraction of query positions (labels != -100) whose argmax logit is the label.
+
+    Each example is read from an empty state."""
     model.eval()
     correct = total = 0
     for i in range(0, len(inputs), batch_size):
@@ -187,7 +189,8 @@ def sweep_table(cells: list[SweepCell], task: RecallTask) -> str:
         f"power_a {task.power_a}, {task.num_passes} pass(es); {task.train_examples} train and {task.test_examples} "
         "test examples; accuracy on held-out queries at the best learning rate.",
         "",
-        "| model | d_model | state size | parameters | best lr | accuracy | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+        "| model | d_model | state size | parameters | best lr | accuracy | "
+        + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
         "|---|---:|---:|---:|---:|---:|" + "---:|" * len(lrs),
     ]
     for c in cells:
