@@ -121,6 +121,7 @@ def test_recall_sweep_writes_table_and_plot(tmp_path, capsys, one_thread):
     (["--seq-len", "8"], "too short"),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["nosuchmixer"], "unknown preset 'nosuchmixer'"),
+    (["megabyte"], "reads UTF-8 bytes, not MQAR's token ids"),
     (["--widths", "32"], "belong to --sweep"),
     (["--sweep", "--lrs", "fast"], "--lrs takes positive numbers"),
     (["--sweep", "--widths", "0"], "--widths takes positive integers"),

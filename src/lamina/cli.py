@@ -241,6 +241,7 @@ def _float_list(text: str, option: str) -> list[float]:
 
 def cmd_recall(args) -> int:
     import torch
+    import yaml
 
     from lamina.eval.recall import (
         RecallTask, plot_sweep, plotting, recall_config, recall_train_config, sweep, sweep_table, train_recall,
@@ -267,7 +268,8 @@ def cmd_recall(args) -> int:
         cfg.train = recall_train_config(cfg.train, args.lr, args.batch_size, args.epochs, task)
         result = train_recall(cfg, task, args.epochs, device, args.seed, shuffled=args.shuffle_labels)
         what = "labels shuffled across examples (control)" if args.shuffle_labels else "MQAR"
-        print(f"{cfg.preset}: {' '.join(str(x) for x in cfg.model.layers)}, d_model {cfg.model.d_model}, "
+        layers = yaml.safe_dump(cfg.model.layers, default_flow_style=True, width=1000).strip()
+        print(f"{cfg.preset}: layers {layers}, d_model {cfg.model.d_model}, "
               f"{result.parameters:,} parameters, state {result.state_size:,} floats; trained on {what}, "
               f"final train loss {result.loss:.4f}")
         print(f"MQAR accuracy: {result.accuracy:.4f} on {task.test_examples * task.num_kv_pairs:,} held-out queries "

@@ -144,7 +144,12 @@ def recall_config(target: str | None, overrides: list[str] = ()) -> Config:
     data["model"]["d_model"] = 64
     for assignment in overrides:
         apply_override(data, assignment)
-    return from_dict(Config, data)
+    cfg = from_dict(Config, data)
+    for byte_model in ("hat", "megabyte"):
+        if getattr(cfg.model, byte_model) is not None:
+            raise LaminaError(f"{target}: model.{byte_model} reads UTF-8 bytes, not MQAR's token ids; "
+                              f"pick a mixer or another preset, or add model.{byte_model}=null")
+    return cfg
 
 
 @dataclass
