@@ -30,7 +30,7 @@ class RecallTask:
     power_a: float = 0.01
     random_non_queries: bool = True
     num_passes: int = 1
-    train_examples: int = 2000
+    train_examples: int = 4000
     test_examples: int = 500
 
     def examples(self, split: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
