@@ -6,6 +6,8 @@
     lamina generate RUN [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
     lamina info [RUN|PRESET] [key=value ...]
     lamina compare ARCH ARCH ... [key=value ...] [--tokens N | --minutes M] [--out DIR] [--device cpu|cuda]
+    lamina recall [PRESET|MIXER] [key=value ...] [--vocab-size V] [--seq-len L] [--kv-pairs K] [--epochs E]
+    lamina recall --sweep --models attn,hgrn --widths 32,64 --lrs 1e-3,3e-3 [--out DIR]
 
 Errors a user can fix print one line and exit with status 2.
 """
@@ -247,6 +249,71 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _float_list(text: str, option: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not v > 0 for v in values):
+        raise LaminaError(f"{option} takes positive numbers separated by commas (e.g. 1e-3,3e-3), got {text!r}")
+    return values
+
+
+def cmd_recall(args) -> int:
+    import torch
+    import yaml
+
+    from lamina.eval.recall import (
+        RecallTask, plot_sweep, plotting, recall_config, recall_train_config, sweep, sweep_table, train_recall,
+    )
+    from lamina.train import pick_device
+
+    target, overrides = _split_args(args.items)
+    for option in ("epochs", "batch_size", "train_examples", "test_examples"):
+        if getattr(args, option) < 1:
+            raise LaminaError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
+    task = RecallTask(
+        vocab_size=args.vocab_size, input_seq_len=args.seq_len, num_kv_pairs=args.kv_pairs, power_a=args.power_a,
+        random_non_queries=not args.blank_non_queries, num_passes=args.passes,
+        train_examples=args.train_examples, test_examples=args.test_examples,
+    )
+    task.examples("test", args.seed)  # bad task parameters fail here, before any training
+    device = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.sweep:
+        if args.models or args.widths or args.lrs or args.out:
+            raise LaminaError("--models, --widths, --lrs and --out belong to --sweep")
+        cfg = recall_config(target, overrides)
+        cfg.train = recall_train_config(cfg.train, args.lr, args.batch_size, args.epochs, task)
+        result = train_recall(cfg, task, args.epochs, device, args.seed, shuffled=args.shuffle_labels)
+        what = "labels shuffled across examples (control)" if args.shuffle_labels else "MQAR"
+        layers = yaml.safe_dump(cfg.model.layers, default_flow_style=True, width=1000).strip()
+        print(f"{cfg.preset}: layers {layers}, d_model {cfg.model.d_model}, "
+              f"{result.parameters:,} parameters, state {result.state_size:,} floats; trained on {what}, "
+              f"final train loss {result.loss:.4f}")
+        print(f"MQAR accuracy: {result.accuracy:.4f} on {task.test_examples * task.num_kv_pairs:,} held-out queries "
+              f"(chance {2 / task.vocab_size:.4f})")
+        return 0
+    if target and args.models:
+        raise LaminaError(f"give the models to sweep either as {target!r} or with --models, not both")
+    models = [m for m in (args.models or target or "attn").split(",") if m]
+    for model in models:
+        recall_config(model, overrides)  # unknown names and bad overrides fail before any training
+    widths = _int_list(args.widths or "32,64", "--widths")
+    lrs = _float_list(args.lrs or "1e-3,3e-3", "--lrs")
+    plotting()
+    out = Path(args.out or "runs/recall")
+    out.mkdir(parents=True, exist_ok=True)
+    cells = sweep(models, overrides, widths, lrs, task, args.epochs, args.batch_size, device, args.seed)
+    table = sweep_table(cells, task)
+    (out / "recall.md").write_text(table, encoding="utf-8")
+    plot_sweep(cells, task, out / "recall.png")
+    print(table)
+    print(f"wrote {out / 'recall.md'} and {out / 'recall.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lamina", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -312,6 +379,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--width-multiple", type=int, default=32, help="matched widths are multiples of this (default 32)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("recall", help="multi-query associative recall (Zoology's MQAR): train a small model, score it")
+    p.add_argument("items", nargs="*", metavar="PRESET|MIXER|key=value",
+                   help="a mixer's name (two layers of it, as in Zoology) or a preset, then overrides (default attn)")
+    p.add_argument("--vocab-size", type=int, default=64, help="keys from the lower half, values from the upper")
+    p.add_argument("--seq-len", type=int, default=32, help="tokens per example")
+    p.add_argument("--kv-pairs", type=int, default=4, help="key-value pairs per example, each queried once")
+    p.add_argument("--power-a", type=float, default=0.01, help="query gaps ~ power law with this a (1: uniform)")
+    p.add_argument("--passes", type=int, default=1, help="times the pairs are repeated before the queries")
+    p.add_argument("--blank-non-queries", action="store_true", help="fill non-query slots with 0, not random tokens")
+    p.add_argument("--train-examples", type=int, default=4000)
+    p.add_argument("--test-examples", type=int, default=500, help="held-out examples (seed + 10)")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shuffle-labels", action="store_true",
+                   help="control: train on labels permuted across examples, so keys no longer predict values")
+    p.add_argument("--sweep", action="store_true",
+                   help="every model x width x lr; table (recall.md) and plot (recall.png) of the best lr per cell")
+    p.add_argument("--models", metavar="A,B,...", help="--sweep: mixers or presets (default: the one given, or attn)")
+    p.add_argument("--widths", metavar="D,D,...", help="--sweep: model.d_model values (default 32,64)")
+    p.add_argument("--lrs", metavar="LR,LR,...", help="--sweep: learning rates (default 1e-3,3e-3)")
+    p.add_argument("--out", metavar="DIR", help="--sweep: output directory (default runs/recall)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_recall)
     return parser
 
 
