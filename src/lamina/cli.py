@@ -263,8 +263,9 @@ def cmd_recall(args) -> int:
     import torch
     import yaml
 
+    from lamina.plotting import pyplot
     from lamina.eval.recall import (
-        RecallTask, plot_sweep, plotting, recall_config, recall_train_config, sweep, sweep_table, train_recall,
+        RecallTask, plot_sweep, recall_config, recall_train_config, sweep, sweep_table, train_recall,
     )
     from lamina.train import pick_device
 
@@ -302,7 +303,7 @@ def cmd_recall(args) -> int:
         recall_config(model, overrides)  # unknown names and bad overrides fail before any training
     widths = _int_list(args.widths or "32,64", "--widths")
     lrs = _float_list(args.lrs or "1e-3,3e-3", "--lrs")
-    plotting()
+    pyplot("the recall sweep's plots")  # before any training
     out = Path(args.out or "runs/recall")
     out.mkdir(parents=True, exist_ok=True)
     cells = sweep(models, overrides, widths, lrs, task, args.epochs, args.batch_size, device, args.seed)

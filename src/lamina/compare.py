@@ -27,6 +27,7 @@ import torch
 from lamina.config import Config, load_config
 from lamina.data import build_tokenizer, load_corpus
 from lamina.errors import LaminaError
+from lamina.plotting import pyplot
 from lamina.eval import format_metric, generate, metric_value
 from lamina.eval.metrics import UNIT_METRIC
 from lamina.models import build_model
@@ -277,19 +278,9 @@ def write_report(archs: list[Arch], out: Path, budget: Budget, command: str, wid
     _plot(archs, out / "valid_vs_time.png", "elapsed", "wall time (s)", unit)
 
 
-def require_matplotlib():
-    try:
-        import matplotlib
-    except ImportError:
-        raise LaminaError("the comparison's plots need matplotlib: pip install 'lamina[plots]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
 
 def _plot(archs: list[Arch], path: Path, key: str, xlabel: str, unit: str) -> None:
-    plt = require_matplotlib()
+    plt = pyplot("the comparison's plots")
     fig, ax = plt.subplots(figsize=(6, 4))
     for a in archs:
         curve = a.results["curve"]
@@ -306,7 +297,7 @@ def _plot(archs: list[Arch], path: Path, key: str, xlabel: str, unit: str) -> No
 def compare(names: list[str], overrides: list[str], budget: Budget, out: Path, device: str = "auto",
             width_multiple: int = 32, command: str = "", log=print) -> list[Arch]:
     """Plan, train and report; returns the architectures with their results."""
-    require_matplotlib()  # before any training, not after
+    pyplot("the comparison's plots")  # before any training, not after
     for name in names:
         if (out / "runs" / name / "metrics.jsonl").exists():
             raise LaminaError(f"{out} already holds a comparison with {name}; give another --out or remove it")

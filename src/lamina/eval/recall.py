@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from lamina.config import Config, TrainConfig
 from lamina.data.mqar import IGNORE, mqar
 from lamina.errors import LaminaError
+from lamina.plotting import pyplot
 from lamina.models import build_model
 from lamina.train.trainer import lr_factor, make_optimizer
 
@@ -207,7 +208,7 @@ def sweep_table(cells: list[SweepCell], task: RecallTask) -> str:
 
 def plot_sweep(cells: list[SweepCell], task: RecallTask, path) -> None:
     """Accuracy against state size (log scale), one line per model, points ordered by width (Zoology, Fig. 2)."""
-    plt = plotting()
+    plt = pyplot("the recall sweep's plots")
     fig, ax = plt.subplots(figsize=(6, 4))
     for model in dict.fromkeys(c.model for c in cells):
         mine = sorted((c for c in cells if c.model == model), key=lambda c: c.best.state_size)
@@ -223,14 +224,3 @@ def plot_sweep(cells: list[SweepCell], task: RecallTask, path) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
-
-def plotting():
-    """matplotlib's pyplot on a file-only backend, or a LaminaError saying how to install it."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise LaminaError("the recall sweep plots with matplotlib: pip install 'lamina[plots]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
