@@ -188,3 +188,19 @@ def check_decode_gradients_match(mixer, reference, T: int = 12, d: int | None = 
     for name in want:
         err = rel_err(got[name], want[name])
         assert err < tol, f"gradient of {name} differs by {err:.2e}"
+
+
+def check_memory_changes_at_segment_ends(mixer, memory: int, filled: int, segment: int, T: int = 12) -> None:
+    """Decoding one token at a time, ``state[memory]`` changes exactly when the stream completes a segment.
+
+    ``state[filled]`` marks the unfinished segment's slots: it must count the tokens read since the last end.
+    """
+    x = torch.randn(1, T, mixer.d_model)
+    state, seen = None, []
+    with torch.no_grad():
+        for t in range(T):
+            _, state = mixer(x[:, t : t + 1], state)
+            seen.append(state[memory].clone())
+            assert int(state[filled].sum()) == (t + 1) % segment
+    changed = [t + 1 for t in range(1, T) if not torch.equal(seen[t], seen[t - 1])]
+    assert not seen[0].any() and changed == list(range(segment, T, segment))

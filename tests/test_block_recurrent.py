@@ -9,7 +9,10 @@ from lamina.errors import LaminaError
 from lamina.mixers import mixer_class
 from lamina.mixers.base import flatten_state, unflatten_state
 from lamina.mixers.block_recurrent import BlockRecurrentOptions
-from mixer_harness import assert_finite_stream, check_decode_gradients_match, check_forms_agree, rel_err, run_in_chunks
+from mixer_harness import (
+    assert_finite_stream, check_decode_gradients_match, check_forms_agree, check_memory_changes_at_segment_ends,
+    rel_err, run_in_chunks,
+)
 
 D = 32
 
@@ -110,16 +113,7 @@ def test_gradients_match_paper():
 
 def test_state_changes_at_stream_block_ends():
     """Decoding one token at a time, the state vectors change exactly when the stream completes a block."""
-    mixer = make()
-    x = torch.randn(1, 12, D)
-    state, vectors = None, []
-    with torch.no_grad():
-        for t in range(12):
-            _, state = mixer(x[:, t : t + 1], state)
-            vectors.append(state[0].clone())
-            assert int(state[2].sum()) == (t + 1) % 5
-    changed = [t + 1 for t in range(1, 12) if not torch.equal(vectors[t], vectors[t - 1])]
-    assert not vectors[0].any() and changed == [5, 10]
+    check_memory_changes_at_segment_ends(make(), memory=0, filled=2, segment=5)
 
 
 def test_gate_starts_remembering():

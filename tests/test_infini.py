@@ -9,7 +9,10 @@ from lamina.errors import LaminaError
 from lamina.mixers import mixer_class
 from lamina.mixers.base import flatten_state, unflatten_state
 from lamina.mixers.infini import InfiniOptions
-from mixer_harness import assert_finite_stream, check_decode_gradients_match, check_forms_agree, rel_err, run_in_chunks
+from mixer_harness import (
+    assert_finite_stream, check_decode_gradients_match, check_forms_agree, check_memory_changes_at_segment_ends,
+    rel_err, run_in_chunks,
+)
 
 D = 32
 
@@ -116,16 +119,7 @@ def test_gradients_match_paper():
 
 def test_memory_is_written_at_stream_segment_ends():
     """Decoding one token at a time, the memory changes exactly when the stream completes a segment."""
-    mixer = make()
-    x = torch.randn(1, 12, D)
-    state, norms = None, []
-    with torch.no_grad():
-        for t in range(12):
-            _, state = mixer(x[:, t : t + 1], state)
-            norms.append(state[1].clone())
-            assert int(state[4].sum()) == (t + 1) % 5
-    changed = [t + 1 for t in range(1, 12) if not torch.equal(norms[t], norms[t - 1])]
-    assert not norms[0].any() and changed == [5, 10]
+    check_memory_changes_at_segment_ends(make(), memory=1, filled=4, segment=5)
 
 
 def test_first_segment_is_local_attention_only():
