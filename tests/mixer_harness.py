@@ -6,6 +6,8 @@ states and gradients (with respect to the input and every parameter).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lamina.mixers import use_form
@@ -204,3 +206,15 @@ def check_memory_changes_at_segment_ends(mixer, memory: int, filled: int, segmen
             assert int(state[filled].sum()) == (t + 1) % segment
     changed = [t + 1 for t in range(1, T) if not torch.equal(seen[t], seen[t - 1])]
     assert not seen[0].any() and changed == list(range(segment, T, segment))
+
+
+def rotate_vector(x: torch.Tensor, pos: int, base: float = 10000.0) -> torch.Tensor:
+    """RoFormer rotation of one vector's channel pairs (n, n + Dh/2) by pos * base^(-2n/Dh), as a plain loop."""
+    half = x.shape[0] // 2
+    out = x.clone()
+    for n in range(half):
+        angle = pos * base ** (-2 * n / x.shape[0])
+        c, s = math.cos(angle), math.sin(angle)
+        out[n] = x[n] * c - x[n + half] * s
+        out[n + half] = x[n + half] * c + x[n] * s
+    return out

@@ -11,7 +11,7 @@ from lamina.mixers.base import flatten_state, unflatten_state
 from lamina.mixers.block_recurrent import BlockRecurrentOptions
 from mixer_harness import (
     assert_finite_stream, check_decode_gradients_match, check_forms_agree, check_memory_changes_at_segment_ends,
-    rel_err, run_in_chunks,
+    rel_err, rotate_vector, run_in_chunks,
 )
 
 D = 32
@@ -24,17 +24,6 @@ def make(segment=5, **options):
         mixer.gate.bias.add_(0.3 * torch.randn(3 * D))
     return mixer
 
-
-def rotate(x, pos, base=10000.0):
-    """RoFormer rotation of channel pairs (n, n + Dh/2) by pos * base^(-2n/Dh), one vector."""
-    half = x.shape[0] // 2
-    out = x.clone()
-    for n in range(half):
-        angle = pos * base ** (-2 * n / x.shape[0])
-        c, s = math.cos(angle), math.sin(angle)
-        out[n] = x[n] * c - x[n + half] * s
-        out[n + half] = x[n + half] * c + x[n] * s
-    return out
 
 
 def attend(q, keys, values):
@@ -71,8 +60,8 @@ def paper_reference(mixer, x):
                 ks, vs = skv[:, head], skv[:, D + h * Dh : D + (h + 1) * Dh]
                 pos = mixer.options.rope
                 for i in range(T):
-                    qi = rotate(q1[i], i) if pos else q1[i]
-                    keys = [rotate(kx[j], j) if pos else kx[j] for j in range(i + 1)]
+                    qi = rotate_vector(q1[i], i) if pos else q1[i]
+                    keys = [rotate_vector(kx[j], j) if pos else kx[j] for j in range(i + 1)]
                     tok_self[i, head] = attend(qi, keys, list(vx[: i + 1]))
                     tok_cross[i, head] = attend(q2[i], list(ks), list(vs))
                 for n in range(N):

@@ -11,7 +11,7 @@ from lamina.mixers.base import flatten_state, unflatten_state
 from lamina.mixers.infini import InfiniOptions
 from mixer_harness import (
     assert_finite_stream, check_decode_gradients_match, check_forms_agree, check_memory_changes_at_segment_ends,
-    rel_err, run_in_chunks,
+    rel_err, rotate_vector, run_in_chunks,
 )
 
 D = 32
@@ -28,17 +28,6 @@ def make(segment=5, **options):
 def sigma(x):
     return torch.where(x > 0, x + 1, torch.exp(x))  # elu(x) + 1
 
-
-def rotate(x, pos, base=10000.0):
-    """RoFormer rotation of channel pairs (n, n + Dh/2) by pos * base^(-2n/Dh), one vector."""
-    half = x.shape[0] // 2
-    out = x.clone()
-    for n in range(half):
-        angle = pos * base ** (-2 * n / x.shape[0])
-        c, s = math.cos(angle), math.sin(angle)
-        out[n] = x[n] * c - x[n + half] * s
-        out[n + half] = x[n + half] * c + x[n] * s
-    return out
 
 
 def paper_reference(mixer, x):
@@ -62,9 +51,9 @@ def paper_reference(mixer, x):
             for h in range(H):
                 for i in range(T):
                     # local dot-product attention, causal inside the segment
-                    qi = rotate(q[b, i, h], i) if mixer.options.rope else q[b, i, h]
+                    qi = rotate_vector(q[b, i, h], i) if mixer.options.rope else q[b, i, h]
                     scores = torch.stack([
-                        qi @ (rotate(k[b, j, h], j) if mixer.options.rope else k[b, j, h]) / math.sqrt(Dh)
+                        qi @ (rotate_vector(k[b, j, h], j) if mixer.options.rope else k[b, j, h]) / math.sqrt(Dh)
                         for j in range(i + 1)
                     ])
                     a_dot = scores.softmax(0) @ v[b, : i + 1, h]

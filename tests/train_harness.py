@@ -1,4 +1,4 @@
-"""Shared check that an interrupted run resumes bit-exactly (weights and the carried stream state)."""
+"""Shared model-level checks: an interrupted run resumes bit-exactly; greedy decoding is teacher forcing."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from lamina.config import load_config
+from lamina.eval import generate
 from lamina.mixers.base import flatten_state
 from lamina.train import train
 
@@ -29,3 +30,19 @@ def check_resume_is_bit_exact(overrides: list[str], tmp_path):
     for name, value in flatten_state(saved).items():
         assert torch.equal(flatten_state(resumed)[name], value), f"carried {name} differs after resume"
     return run, want, saved
+
+
+def check_greedy_decoding_is_teacher_forcing(model, prompt: torch.Tensor, new_tokens: int, context: int, steps: int):
+    """Greedy generation equals the argmax of one teacher-forced call, and ``steps`` single-token calls keep the
+    state's floats at ``model.state_size()``."""
+    out = generate(model, prompt, max_new_tokens=new_tokens, context=context, temperature=0)
+    seq = torch.cat([prompt, torch.tensor(out)])
+    with torch.no_grad():
+        logits, _ = model(seq[None, :-1])
+    assert out == logits[0, len(prompt) - 1 :].argmax(-1).tolist()
+    state = model.init_state(1)
+    with torch.no_grad():
+        for t in range(steps):
+            _, state = model(torch.tensor([[t]]), state)
+            floats = [v for v in flatten_state(state).values() if v.is_floating_point()]
+            assert sum(v.numel() for v in floats) == model.state_size()

@@ -62,7 +62,6 @@ from torch import nn
 from lamina.config import ModelConfig
 from lamina.data.tokenizers import require_bytes
 from lamina.data.words import word_starts
-from lamina.errors import LaminaError
 from lamina.mixers import Mixer
 from lamina.models.lm import SequenceModel, Stack, init_linear, init_residual, memory_layers
 
@@ -121,11 +120,8 @@ class HAT(SequenceModel):
         resets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list]:
         """``ids [B, T]`` (byte tokenizer ids) -> ``(next-byte logits [B, T, 257], new state)``."""
-        if valid is not None or resets is not None:
-            raise LaminaError(
-                "a HAT model does not take padding or reset masks: its words are cut from the byte stream itself; "
-                "separate documents with the tokenizer's eos id instead"
-            )
+        self.refuse_masks(valid, resets, "a HAT model", "its words are cut from the byte stream itself; "
+                          "separate documents with the tokenizer's eos id instead")
         if state is None:
             state = self.init_state(ids.shape[0], ids.device)
         (prev, length, last_e, newest_h), enc_state, backbone_state, dec_state = state

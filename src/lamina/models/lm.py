@@ -197,6 +197,12 @@ class SequenceModel(nn.Module, abc.ABC):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @staticmethod
+    def refuse_masks(valid: torch.Tensor | None, resets: torch.Tensor | None, what: str, why: str) -> None:
+        """A model that cuts its own units from the stream takes no padding or reset masks: a LaminaError if given."""
+        if valid is not None or resets is not None:
+            raise LaminaError(f"{what} does not take padding or reset masks: {why}")
+
 
 class LM(SequenceModel):
     """A causal LM over token ids whose state is the list of its layers' states.
@@ -263,11 +269,8 @@ class LM(SequenceModel):
         masks = {k: v for k, v in (("valid", valid), ("resets", resets)) if v is not None}
         x = self.embed_tokens(ids)
         if self.segment_memory is not None:
-            if masks:
-                raise LaminaError(
-                    f"a model with {self.segment_memory.name} does not take padding or reset masks: its memory is "
-                    f"read and written per whole segment; use {self.segment_memory.off}"
-                )
+            self.refuse_masks(valid, resets, f"a model with {self.segment_memory.name}",
+                              f"its memory is read and written per whole segment; use {self.segment_memory.off}")
             return self._forward_segments(ids, x, state)
         x, new_state = self._run_blocks(x, state, masks)
         return self._logits(self.norm(x)), new_state

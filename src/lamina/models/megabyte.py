@@ -116,11 +116,8 @@ class Megabyte(SequenceModel):
         resets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list]:
         """``ids [B, T]`` -> ``(logits [B, T, V], new state)``: logits at ``t`` predict byte ``t + 1``."""
-        if valid is not None or resets is not None:
-            raise LaminaError(
-                "a MEGABYTE model does not take padding or reset masks: its patches are counted from the stream "
-                "start; use model.megabyte=null"
-            )
+        self.refuse_masks(valid, resets, "a MEGABYTE model",
+                          "its patches are counted from the stream start; use model.megabyte=null")
         B, T = ids.shape
         if state is None:
             state = self.init_state(B, ids.device)
