@@ -86,3 +86,18 @@ def test_bad_arguments_are_one_line_errors(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("lamina: error:") and message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_prompt_memory_keeps_the_prompt_or_the_window():
+    """Decoding reads the whole prompt through full attention, a sliding window's worth through windowed attention."""
+    cfg = bench.arch_config("attn", ["model.layers=[attn, {attn: {window: 8}}]", "model.mixers={attn: {heads: 2}}"],
+                            Settings(device="cpu", d_model=16, layers=2, batch=1))
+    model = bench.build_model(cfg.model, bench.vocab_size(cfg))
+    full, windowed = model.memory_layers()
+    with bench.prompt_memory(model, 100):
+        assert (full.mem_len, windowed.mem_len) == (100, 7)
+        state = model(torch.randint(0, 257, (1, 30)))[1]
+        assert bench.state_bytes(state[1]) < bench.state_bytes(state[0])
+    with bench.prompt_memory(model, 5):
+        assert (full.mem_len, windowed.mem_len) == (5, 5)
+    assert (full.mem_len, windowed.mem_len) == (0, 0)

@@ -7,9 +7,10 @@ length T, two items are measured, each in a fresh worker process:
   ``batch * T`` over the median of ``repeats`` timed steps after one warm-up;
 - decode: one sequence; a prefill of T tokens read in segments of ``prefill_chunk`` tokens with
   carried state (the state API makes that the same function as one call), with the attention
-  memory set to T so new tokens see the whole prompt; then ``decode_steps`` single-token steps
-  after one warm-up step; tokens/s is one over the median step time. The state's size after the
-  prefill is recorded too: attention's T-token cache against a recurrent mixer's fixed state.
+  memory set to T (a sliding window's to its window) so new tokens see what they would in one call;
+  then ``decode_steps`` single-token steps after one warm-up step; tokens/s is one over the median
+  step time. The state's size after the prefill is recorded too: attention's T-token cache against
+  a recurrent mixer's fixed state.
 
 Peak memory is the growth of the worker's peak over what it held before the model was built: on
 CUDA ``torch.cuda.max_memory_allocated`` (tensors only, not the caching allocator's reserve); on
@@ -17,7 +18,9 @@ CPU the process's peak resident set size (``getrusage`` ``ru_maxrss``) over its 
 the start (``/proc/self/statm``), so it also counts allocator slack and the libraries' own buffers.
 The decode peak covers the model, the chunked prefill and the decode steps.
 
-A fresh process per item keeps each peak its own and lets a stuck or oversized item be stopped:
+A fresh process per item (forked from a ``multiprocessing`` forkserver that has imported torch
+once, so an item starts in well under a second) keeps each peak its own and lets a stuck or
+oversized item be stopped:
 the worker is killed when it runs past ``max_seconds`` or, on CPU, when its peak RSS growth
 (``VmHWM`` in ``/proc/PID/status``, polled) passes ``max_memory``; on CUDA ``max_memory`` caps the
 allocator (``torch.cuda.set_per_process_memory_fraction``) and ``torch.OutOfMemoryError`` is caught.
@@ -28,6 +31,7 @@ rewritten after every item, so a stopped run keeps what it measured.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -47,6 +51,7 @@ from lamina.errors import LaminaError
 from lamina.eval import autocast_for
 from lamina.mixers import mixer_names
 from lamina.models import build_model
+from lamina.models.lm import memory_lengths
 from lamina.plotting import pyplot
 
 MODES = ("train", "decode")
@@ -141,6 +146,20 @@ def state_bytes(state) -> int:
     return sum(state_bytes(s) for s in state)
 
 
+@contextlib.contextmanager
+def prompt_memory(model, T: int):
+    """Inside this block the model's memory layers keep the whole T-token prompt.
+
+    A sliding-window layer keeps only its ``window - 1`` past tokens (all it ever reads), so a windowed
+    model's cache is measured at the size it needs, not at T.
+    """
+    with contextlib.ExitStack() as stack:
+        for layer in model.memory_layers():
+            window = getattr(layer.options, "window", None)
+            stack.enter_context(memory_lengths([layer], T if window is None else min(T, window - 1)))
+        yield
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -176,7 +195,7 @@ def decode_speed(model, vocab: int, T: int, settings: Settings, device: torch.de
     model.eval()
     prompt = torch.randint(0, vocab, (1, T), device=device)
     token = torch.randint(0, vocab, (1, 1), device=device)
-    with model.memory(mem_len=T), autocast_for(device, "auto"):
+    with prompt_memory(model, T), autocast_for(device, "auto"):
         state = model.init_state(1, device)
         for start in range(0, T, settings.prefill_chunk):
             _, state = model(prompt[:, start : start + settings.prefill_chunk], state)
@@ -190,7 +209,8 @@ def decode_speed(model, vocab: int, T: int, settings: Settings, device: torch.de
 
 
 def _resident_bytes() -> int:
-    """The process's resident size now (Linux ``/proc``); elsewhere its peak so far, which can only understate growth."""
+    """The process's resident size now (Linux ``/proc``); elsewhere its peak so far, which can only understate growth.
+    """
     try:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
         return pages * os.sysconf("SC_PAGE_SIZE")
@@ -271,7 +291,8 @@ def run_item(item: Item, settings: Settings) -> dict:
             elif settings.device == "cpu" and cap is not None and baseline is not None:
                 peak = _peak_rss_of(worker.pid)
                 if peak is not None and peak - baseline > cap:
-                    outcome = {"status": "OOM", "reason": f"peak RSS growth over --max-memory {settings.max_memory_gb:g} GB"}
+                    outcome = {"status": "OOM",
+                               "reason": f"peak RSS growth over --max-memory {settings.max_memory_gb:g} GB"}
     finally:
         if worker.is_alive():
             worker.kill()
@@ -371,7 +392,8 @@ def table(rows: list[dict], meta: dict) -> str:
     for arch, T in dict.fromkeys((r["arch"], r["T"]) for r in rows):
         train, decode = keyed.get((arch, T, "train")), keyed.get((arch, T, "decode"))
         cells = [arch, f"{T:,}", *_cells(train, [("tokens_per_s", 1, ",.0f"), ("peak_bytes", 2**20, ",.1f")]),
-                 *_cells(decode, [("tokens_per_s", 1, ",.1f"), ("peak_bytes", 2**20, ",.1f"), ("state_bytes", 2**10, ",.1f")])]
+                 *_cells(decode, [("tokens_per_s", 1, ",.1f"), ("peak_bytes", 2**20, ",.1f"),
+                                  ("state_bytes", 2**10, ",.1f")])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
