@@ -74,6 +74,7 @@ def test_worker_reports_cuda_style_out_of_memory(monkeypatch):
     (["nosuchmixer"], "unknown preset 'nosuchmixer'"),
     ([], "give at least one architecture"),
     (["hgrn", "hgrn"], "give each architecture once"),
+    (["hgrn", "model.d_model=64"], "with --d-model"),
     (["hgrn", "--lengths", "abc"], "--lengths takes positive integers"),
     (["hgrn", "--lengths", "0"], "--lengths takes positive integers"),
     (["hgrn", "--max-memory", "-1"], "--max-memory must be a positive"),

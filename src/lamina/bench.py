@@ -123,9 +123,11 @@ def vocab_size(cfg: Config) -> int:
 
 
 def describe_archs(names: list[str], overrides, settings: Settings) -> dict[str, dict]:
-    """Each architecture's layers, parameters and state size, built on the meta device: bad names fail here."""
+    """Each architecture's layer count and parameters, built on the meta device: bad names and options fail here."""
     if not names:
         raise LaminaError("give at least one architecture to benchmark (a mixer's name or a preset)")
+    if any(o.startswith("model.d_model=") for o in overrides):
+        raise LaminaError("give the benchmark's width with --d-model, not model.d_model=")
     if len(set(names)) != len(names):
         raise LaminaError(f"give each architecture once, got {names}")
     info = {}
