@@ -17,4 +17,4 @@ test-slow: setup
 	$(PYTHON) -m pytest -q -m slow
 
 bench: setup
-	$(PYTHON) benchmarks/speed.py
+	$(PYTHON) -m lamina bench attn hgrn --out runs/bench-cpu

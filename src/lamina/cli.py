@@ -1,4 +1,4 @@
-"""The ``lamina`` command: train, eval, generate, info, compare.
+"""The ``lamina`` command: train, eval, generate, info, compare, bench, recall.
 
     lamina train [PRESET|FILE.yaml] [key=value ...] [--resume RUN]
     lamina eval RUN [--split test] [--tgt-len N] [--mem-len N] [--carry both|yes|no] [--buckets N,N,...] [--corrupt RATE]
@@ -6,6 +6,7 @@
     lamina generate RUN [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
     lamina info [RUN|PRESET] [key=value ...]
     lamina compare ARCH ARCH ... [key=value ...] [--tokens N | --minutes M] [--out DIR] [--device cpu|cuda]
+    lamina bench ARCH [ARCH ...] [key=value ...] [--lengths N,N,...] [--device cpu|cuda] [--out DIR]
     lamina recall [PRESET|MIXER] [key=value ...] [--vocab-size V] [--seq-len L] [--kv-pairs K] [--epochs E]
     lamina recall --sweep --models attn,hgrn --widths 32,64 --lrs 1e-3,3e-3 [--out DIR]
 
@@ -249,6 +250,37 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import shlex
+
+    from lamina.bench import DEFAULTS, Settings, bench
+    from lamina.train import pick_device
+
+    names = [item for item in args.items if "=" not in item]
+    overrides = [item for item in args.items if "=" in item]
+    device = pick_device(args.device).type
+    if device not in DEFAULTS:
+        raise LaminaError(f"--device takes cpu, cuda or auto, got {args.device!r}")
+    defaults = DEFAULTS[device]
+    lengths = _int_list(args.lengths, "--lengths") if args.lengths is not None else defaults["lengths"]
+    max_memory = args.max_memory
+    if max_memory is None and device == "cpu":  # half of this machine's memory
+        max_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 / 2**30
+    sizes = {key: defaults[key] if getattr(args, key) is None else getattr(args, key)
+             for key in ("d_model", "layers", "batch")}
+    settings = Settings(
+        device=device, **sizes, decode_steps=args.decode_steps, repeats=args.repeats, prefill_chunk=args.prefill_chunk,
+        max_memory_gb=max_memory, max_seconds=args.max_seconds, threads=args.threads,
+    )
+    out = Path(args.out or "runs/bench-" + "-".join(names))
+    command = " ".join(["lamina bench", *map(shlex.quote, names + overrides), "--lengths", ",".join(map(str, lengths)),
+                        "--device", device])
+    start = time.time()
+    bench(names, lengths, settings, out, overrides, command)
+    print(f"benchmarked {len(names)} architectures in {time.time() - start:.0f} s; report in {out / 'bench.md'}")
+    return 0
+
+
 def _float_list(text: str, option: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -380,6 +412,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--width-multiple", type=int, default=32, help="matched widths are multiples of this (default 32)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("bench", help="training and decoding tokens/s and peak memory against context length")
+    p.add_argument("items", nargs="*", metavar="ARCH|key=value", help="mixer names or presets, then overrides for all")
+    p.add_argument("--lengths", metavar="N,N,...",
+                   help="context lengths (default 256,1024 on CPU; 256,1024,4096,16384,65536 on CUDA)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--d-model", type=int, help="model width (default 128 on CPU, 256 on CUDA)")
+    p.add_argument("--layers", type=int,
+                   help="layers of a mixer given by name; presets keep theirs (default 2 on CPU, 4 on CUDA)")
+    p.add_argument("--batch", type=int, help="training batch (default 4 on CPU, 8 on CUDA)")
+    p.add_argument("--decode-steps", type=int, default=32, help="timed single-token steps after the prefill")
+    p.add_argument("--repeats", type=int, default=3, help="timed training steps (after one warm-up)")
+    p.add_argument("--prefill-chunk", type=int, default=256, help="tokens per prefill segment (state carried)")
+    p.add_argument("--max-memory", type=float, metavar="GB",
+                   help="per-item memory cap: an item past it is OOM (default on CPU: half the machine's memory)")
+    p.add_argument("--max-seconds", type=float, default=120.0, help="per-item time cap (default 120)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads per item (0: torch's default)")
+    p.add_argument("--out", help="output directory (default runs/bench-ARCH-ARCH...)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("recall", help="multi-query associative recall (Zoology's MQAR): train a small model, score it")
     p.add_argument("items", nargs="*", metavar="PRESET|MIXER|key=value",
