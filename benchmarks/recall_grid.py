@@ -188,7 +188,7 @@ def grid(args: argparse.Namespace, command: str) -> int:
     for i, (run, outcome) in enumerate(run_many(todo, args.overrides, args.epochs, args.batch_size, device,
                                                 args.seed, args.jobs, args.threads), 1):
         where = f"[{i}/{len(todo)} {time.time() - start:.0f} s] {run.task.input_seq_len}:{run.task.num_kv_pairs}"
-        if isinstance(outcome, Exception):
+        if isinstance(outcome, BaseException):
             failed += 1
             print(f"{where}  {run.model} d_model {run.d_model} lr {run.lr:g} failed: {outcome}", flush=True)
             continue

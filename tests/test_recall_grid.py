@@ -28,8 +28,8 @@ def _load_script():
     return module
 
 
-def test_recall_grid_writes_results_and_resumes(tmp_path):
-    done = _grid(*TINY, "--jobs", "2", "--out", str(tmp_path))
+def test_recall_grid_writes_results_and_resumes(tmp_path, capsys, one_thread):
+    done = _grid(*TINY, "--jobs", "2", "--out", str(tmp_path))  # a process of its own: the workers are spawned
     assert done.returncode == 0, done.stderr
     data = json.loads((tmp_path / "recall-grid-t.json").read_text())
     runs = {(r["model"], r["d_model"], r["lr"]): r for r in data["runs"]}
@@ -41,10 +41,11 @@ def test_recall_grid_writes_results_and_resumes(tmp_path):
     assert (tmp_path / "recall-grid-t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a second call with one more model trains only that model; the finished runs are kept as they were
-    again = _grid(*TINY[:TINY.index("--models")], "--models", "attn,hgrn,gla", *TINY[TINY.index("--widths"):],
-                  "--out", str(tmp_path))
-    assert again.returncode == 0, again.stderr
-    assert "3 runs, 2 already in" in again.stdout and "training 1 on" in again.stdout
+    argv = [*TINY, "--out", str(tmp_path)]
+    argv[argv.index("--models") + 1] = "attn,hgrn,gla"
+    assert _load_script().main(argv) == 0
+    out = capsys.readouterr().out
+    assert "3 runs, 2 already in" in out and "training 1 on" in out
     data2 = json.loads((tmp_path / "recall-grid-t.json").read_text())
     assert data2["runs"][:2] == data["runs"] and data2["runs"][2]["model"] == "gla"
     assert "| gla | 16 |" in (tmp_path / "recall-grid-t.md").read_text()

@@ -197,7 +197,7 @@ def _set_threads(threads: int) -> None:
 
 
 def run_many(runs: Iterable[RecallRun], overrides: list[str], epochs: int, batch_size: int, device, seed: int = 0,
-             jobs: int = 1, threads: int = 0) -> Iterator[tuple[RecallRun, RecallResult | Exception]]:
+             jobs: int = 1, threads: int = 0) -> Iterator[tuple[RecallRun, RecallResult | BaseException]]:
     """Train every run; yield ``(run, result)`` as each finishes, or ``(run, error)`` where one fails, so a long
     sweep keeps the rest. ``jobs > 1`` trains that many at once in spawned worker processes (CUDA needs spawn),
     each with ``threads`` CPU threads (0: the cores shared out among the jobs): small models leave one GPU mostly
@@ -270,7 +270,7 @@ def sweep(targets: list[str], overrides: list[str], widths: list[int], lrs: list
     runs = [RecallRun(task, target, width, lr) for target in targets for width in widths for lr in lrs]
     results = {}
     for run, outcome in run_many(runs, overrides, epochs, batch_size, device, seed, jobs, threads):
-        if isinstance(outcome, Exception):
+        if isinstance(outcome, BaseException):
             raise outcome
         results[run] = outcome
         log(describe_run(run, outcome))
