@@ -11,6 +11,7 @@ width for :func:`sweep_table` and :func:`plot_recall`. ``lamina recall --sweep``
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import os
@@ -49,6 +50,13 @@ class RecallTask:
         params = {k: v for k, v in asdict(self).items() if not k.endswith("_examples")}
         n = self.train_examples if split == "train" else self.test_examples
         return mqar(n, **params, seed=seed if split == "train" else seed + 10)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_examples(task: RecallTask, split: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``task.examples(split, seed)``, kept for the next run of the same task: a sweep trains many models on the
+    same examples, and building 20,000 of them takes seconds. Callers must not modify the tensors."""
+    return task.examples(split, seed)
 
 
 @dataclass
@@ -102,7 +110,7 @@ def train_recall(cfg: Config, task: RecallTask, epochs: int, device: torch.devic
     start = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    inputs, labels = task.examples("train", seed)
+    inputs, labels = cached_examples(task, "train", seed)
     if shuffled:
         labels = shuffle_labels(labels, gen)
     inputs, labels = inputs.to(device), labels.to(device)
@@ -131,7 +139,7 @@ def train_recall(cfg: Config, task: RecallTask, epochs: int, device: torch.devic
             opt.step()
             loss_sum += loss.detach()
             step += 1
-    test_inputs, test_labels = task.examples("test", seed)
+    test_inputs, test_labels = cached_examples(task, "test", seed)
     accuracy = recall_accuracy(model, test_inputs, test_labels, train.batch_size, device, train.precision)
     return RecallResult(accuracy, loss_sum.item() / per_epoch, recall_state_size(model, task),
                         model.num_parameters(), time.perf_counter() - start)
