@@ -122,6 +122,8 @@ def test_recall_sweep_writes_table_and_plot(tmp_path, capsys, one_thread):
     (["nosuchmixer"], "unknown preset 'nosuchmixer'"),
     (["megabyte"], "reads UTF-8 bytes, not MQAR's token ids"),
     (["--widths", "32"], "belong to --sweep"),
+    (["--jobs", "2"], "belong to --sweep"),
+    (["--sweep", "--jobs", "0"], "--jobs must be at least 1"),
     (["--sweep", "--lrs", "fast"], "--lrs takes positive numbers"),
     (["--sweep", "--widths", "0"], "--widths takes positive integers"),
     (["--sweep", "attn", "--models", "hgrn"], "not both"),

@@ -8,7 +8,7 @@
     lamina compare ARCH ARCH ... [key=value ...] [--tokens N | --minutes M] [--out DIR] [--device cpu|cuda]
     lamina bench ARCH [ARCH ...] [key=value ...] [--lengths N,N,...] [--device cpu|cuda] [--out DIR]
     lamina recall [PRESET|MIXER] [key=value ...] [--vocab-size V] [--seq-len L] [--kv-pairs K] [--epochs E]
-    lamina recall --sweep --models attn,hgrn --widths 32,64 --lrs 1e-3,3e-3 [--out DIR]
+    lamina recall --sweep --models attn,hgrn --widths 32,64 --lrs 1e-3,3e-3 [--jobs N] [--out DIR]
 
 Errors a user can fix print one line and exit with status 2.
 """
@@ -297,12 +297,12 @@ def cmd_recall(args) -> int:
 
     from lamina.plotting import pyplot
     from lamina.eval.recall import (
-        RecallTask, plot_sweep, recall_config, recall_train_config, sweep, sweep_table, train_recall,
+        RecallTask, plot_recall, recall_config, recall_train_config, sweep, sweep_table, train_recall,
     )
     from lamina.train import pick_device
 
     target, overrides = _split_args(args.items)
-    for option in ("epochs", "batch_size", "train_examples", "test_examples"):
+    for option in ("epochs", "batch_size", "train_examples", "test_examples", "jobs"):
         if getattr(args, option) < 1:
             raise LaminaError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
     task = RecallTask(
@@ -315,8 +315,8 @@ def cmd_recall(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.sweep:
-        if args.models or args.widths or args.lrs or args.out:
-            raise LaminaError("--models, --widths, --lrs and --out belong to --sweep")
+        if args.models or args.widths or args.lrs or args.out or args.jobs != 1:
+            raise LaminaError("--models, --widths, --lrs, --jobs and --out belong to --sweep")
         cfg = recall_config(target, overrides)
         cfg.train = recall_train_config(cfg.train, args.lr, args.batch_size, args.epochs, task)
         result = train_recall(cfg, task, args.epochs, device, args.seed, shuffled=args.shuffle_labels)
@@ -338,10 +338,11 @@ def cmd_recall(args) -> int:
     pyplot("the recall sweep's plots")  # before any training
     out = Path(args.out or "runs/recall")
     out.mkdir(parents=True, exist_ok=True)
-    cells = sweep(models, overrides, widths, lrs, task, args.epochs, args.batch_size, device, args.seed)
+    cells = sweep(models, overrides, widths, lrs, task, args.epochs, args.batch_size, device, args.seed, args.jobs,
+                  args.threads)
     table = sweep_table(cells, task)
     (out / "recall.md").write_text(table, encoding="utf-8")
-    plot_sweep(cells, task, out / "recall.png")
+    plot_recall([(task, cells)], out / "recall.png")
     print(table)
     print(f"wrote {out / 'recall.md'} and {out / 'recall.png'}")
     return 0
@@ -454,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", metavar="A,B,...", help="--sweep: mixers or presets (default: the one given, or attn)")
     p.add_argument("--widths", metavar="D,D,...", help="--sweep: model.d_model values (default 32,64)")
     p.add_argument("--lrs", metavar="LR,LR,...", help="--sweep: learning rates (default 1e-3,3e-3)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="--sweep: runs trained at once in worker processes (several small models share a GPU)")
     p.add_argument("--out", metavar="DIR", help="--sweep: output directory (default runs/recall)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--device", default="auto")

@@ -2,12 +2,22 @@
 "Zoology", §3 and appendix E: two layers, cross-entropy on the query positions only, accuracy = the fraction of
 queries whose argmax prediction is the paired value; a sweep takes the best learning rate per model and width).
 
-Examples come from :func:`lamina.data.mqar.mqar`; the test set uses another seed, as in Zoology.
+Examples come from :func:`lamina.data.mqar.mqar`; the test set uses another seed, as in Zoology. A sweep is a
+list of :class:`RecallRun` (task, model, width, learning rate); :func:`run_many` trains them, in parallel worker
+processes if asked (several small models share one GPU), and :func:`sweep_cells` groups the results by model and
+width for :func:`sweep_table` and :func:`plot_recall`. ``lamina recall --sweep`` runs one task;
+``benchmarks/recall_grid.py`` runs several (Zoology's Fig. 2).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import multiprocessing
+import os
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -16,6 +26,7 @@ import torch.nn.functional as F
 from lamina.config import Config, TrainConfig
 from lamina.data.mqar import IGNORE, mqar
 from lamina.errors import LaminaError
+from lamina.eval.evaluate import autocast_for
 from lamina.plotting import pyplot
 from lamina.models import build_model
 from lamina.train.trainer import lr_factor, make_optimizer
@@ -41,12 +52,20 @@ class RecallTask:
         return mqar(n, **params, seed=seed if split == "train" else seed + 10)
 
 
+@functools.lru_cache(maxsize=4)
+def cached_examples(task: RecallTask, split: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``task.examples(split, seed)``, kept for the next run of the same task: a sweep trains many models on the
+    same examples, and building 20,000 of them takes seconds. Callers must not modify the tensors."""
+    return task.examples(split, seed)
+
+
 @dataclass
 class RecallResult:
     accuracy: float  # fraction of held-out queries answered with the paired value
     loss: float  # mean training loss over the last epoch, nats per query
     state_size: int  # floats of state at an example's last token (see recall_state_size)
     parameters: int
+    seconds: float = 0.0  # wall time of training and scoring
 
 
 def shuffle_labels(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -59,19 +78,20 @@ def shuffle_labels(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def recall_accuracy(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, device) -> float:
+def recall_accuracy(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, device,
+                    precision: str = "auto") -> float:
     """Fraction of query positions (labels != -100) whose argmax logit is the label.
 
-    Each example is read from an empty state."""
+    Each example is read from an empty state; bf16 autocast on CUDA as in training (see ``autocast_for``)."""
     model.eval()
-    correct = total = 0
+    inputs, labels = inputs.to(device), labels.to(device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
     for i in range(0, len(inputs), batch_size):
-        x, y = inputs[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)
-        logits, _ = model(x)
-        query = y != IGNORE
-        correct += (logits.argmax(-1)[query] == y[query]).sum().item()
-        total += query.sum().item()
-    return correct / total
+        x, y = inputs[i:i + batch_size], labels[i:i + batch_size]
+        with autocast_for(device, precision):
+            logits, _ = model(x)
+        correct += ((logits.argmax(-1) == y) & (y != IGNORE)).sum()
+    return correct.item() / (labels != IGNORE).sum().item()
 
 
 def train_recall(cfg: Config, task: RecallTask, epochs: int, device: torch.device, seed: int = 0,
@@ -81,41 +101,48 @@ def train_recall(cfg: Config, task: RecallTask, epochs: int, device: torch.devic
     The optimiser is :func:`lamina.train.trainer.make_optimizer` with ``cfg.train`` (lr, betas, weight decay) and
     its warmup-then-cosine schedule; each example is a whole sequence read from an empty state, in batches of
     ``cfg.train.batch_size``, reshuffled every epoch. ``shuffled`` trains on :func:`shuffle_labels` (a control).
+    The examples move to ``device`` once, the forward pass runs under ``cfg.train.precision``'s autocast (bf16 on
+    CUDA by default) with the loss in fp32, and the running loss stays on the device: a GPU step never waits for
+    the host to read a value back.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise LaminaError(f"epochs must be a positive integer, got {epochs!r}")
+    start = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    inputs, labels = task.examples("train", seed)
+    inputs, labels = cached_examples(task, "train", seed)
     if shuffled:
         labels = shuffle_labels(labels, gen)
+    inputs, labels = inputs.to(device), labels.to(device)
     model = build_model(cfg.model, task.vocab_size).to(device)
     train = cfg.train
     opt = make_optimizer(model, train, device)
     per_epoch = math.ceil(len(inputs) / train.batch_size)
     total = epochs * per_epoch
-    step, loss_sum = 0, 0.0
+    step = 0
     for _ in range(epochs):
         model.train()
-        order = torch.randperm(len(inputs), generator=gen)
-        loss_sum = 0.0
+        order = torch.randperm(len(inputs), generator=gen).to(device)
+        loss_sum = torch.zeros((), device=device)
         for i in range(0, len(inputs), train.batch_size):
             idx = order[i:i + train.batch_size]
-            x, y = inputs[idx].to(device), labels[idx].to(device)
+            x, y = inputs[idx], labels[idx]
             for group in opt.param_groups:
                 group["lr"] = train.lr * lr_factor(step, train.warmup_steps, total, train.min_lr_ratio)
-            logits, _ = model(x)
+            with autocast_for(device, train.precision):
+                logits, _ = model(x)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
             opt.step()
-            loss_sum += loss.item()
+            loss_sum += loss.detach()
             step += 1
-    test_inputs, test_labels = task.examples("test", seed)
-    accuracy = recall_accuracy(model, test_inputs, test_labels, train.batch_size, device)
-    return RecallResult(accuracy, loss_sum / per_epoch, recall_state_size(model, task), model.num_parameters())
+    test_inputs, test_labels = cached_examples(task, "test", seed)
+    accuracy = recall_accuracy(model, test_inputs, test_labels, train.batch_size, device, train.precision)
+    return RecallResult(accuracy, loss_sum.item() / per_epoch, recall_state_size(model, task),
+                        model.num_parameters(), time.perf_counter() - start)
 
 
 def recall_state_size(model, task: RecallTask) -> int:
@@ -153,6 +180,70 @@ def recall_config(target: str | None, overrides: list[str] = ()) -> Config:
     return cfg
 
 
+@dataclass(frozen=True)
+class RecallRun:
+    """One training run of a sweep: ``model`` (a mixer or preset, see :func:`recall_config`) at ``d_model`` and
+    learning rate ``lr`` on ``task``."""
+
+    task: RecallTask
+    model: str
+    d_model: int
+    lr: float
+
+
+def run_recall(run: RecallRun, overrides: list[str], epochs: int, batch_size: int, device, seed: int = 0
+               ) -> RecallResult:
+    """Train and score one run; ``overrides`` apply before the run's width."""
+    cfg = recall_config(run.model, [*overrides, f"model.d_model={run.d_model}"])
+    cfg.train = recall_train_config(cfg.train, run.lr, batch_size, epochs, run.task)
+    return train_recall(cfg, run.task, epochs, torch.device(device), seed)
+
+
+def _set_threads(threads: int) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def run_many(runs: Iterable[RecallRun], overrides: list[str], epochs: int, batch_size: int, device, seed: int = 0,
+             jobs: int = 1, threads: int = 0) -> Iterator[tuple[RecallRun, RecallResult | BaseException]]:
+    """Train every run; yield ``(run, result)`` as each finishes, or ``(run, error)`` where one fails, so a long
+    sweep keeps the rest. ``jobs > 1`` trains that many at once in spawned worker processes (CUDA needs spawn),
+    each with ``threads`` CPU threads (0: the cores shared out among the jobs): small models leave one GPU mostly
+    idle, so several share it. ``jobs == 1`` trains in this process, in order, with ``threads`` (0: as it is)."""
+    runs = list(runs)
+    if jobs < 1:
+        raise LaminaError(f"jobs must be at least 1, got {jobs}")
+    if jobs == 1:
+        _set_threads(threads)
+        for run in runs:
+            try:
+                yield run, run_recall(run, overrides, epochs, batch_size, device, seed)
+            except Exception as err:  # noqa: BLE001 -- reported to the caller with its run
+                yield run, err
+        return
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_set_threads, initargs=(threads,)) as pool:
+        pending = {pool.submit(run_recall, run, overrides, epochs, batch_size, str(device), seed): run
+                   for run in runs}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    run = pending.pop(future)
+                    error = future.exception()
+                    yield run, error if error is not None else future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def describe_run(run: RecallRun, result: RecallResult) -> str:
+    """One log line per finished run."""
+    return (f"  {run.model:<14} d_model {run.d_model:>5}  lr {run.lr:<8g} accuracy {result.accuracy:.3f}  "
+            f"state {result.state_size:,}  {result.seconds:.1f} s")
+
+
 @dataclass
 class SweepCell:
     """One (model, width): the accuracy at every learning rate and the best of them, as Zoology reports."""
@@ -170,26 +261,34 @@ class SweepCell:
         return self.results[self.best_lr]
 
 
+def sweep_cells(results: dict[RecallRun, RecallResult]) -> list[SweepCell]:
+    """Group one task's runs by (model, width), in the order they first appear, learning rates ascending."""
+    cells: dict[tuple[str, int], SweepCell] = {}
+    for run in sorted(results, key=lambda r: r.lr):
+        cells.setdefault((run.model, run.d_model), SweepCell(run.model, run.d_model, {})).results[run.lr] = results[run]
+    order = list(dict.fromkeys((run.model, run.d_model) for run in results))
+    return [cells[key] for key in order]
+
+
 def sweep(targets: list[str], overrides: list[str], widths: list[int], lrs: list[float], task: RecallTask,
-          epochs: int, batch_size: int, device: torch.device, seed: int = 0, log=print) -> list[SweepCell]:
-    """Train every target at every width and learning rate; one cell per (target, width)."""
-    cells = []
-    for target in targets:
-        for width in widths:
-            cfg = recall_config(target, [*overrides, f"model.d_model={width}"])
-            cell = SweepCell(target, width, {})
-            for lr in lrs:
-                cfg.train = recall_train_config(cfg.train, lr, batch_size, epochs, task)
-                cell.results[lr] = result = train_recall(cfg, task, epochs, device, seed)
-                log(f"  {target:<12} d_model {width:>5}  lr {lr:<8g} accuracy {result.accuracy:.3f}  "
-                    f"state {result.state_size:,}")
-            cells.append(cell)
-    return cells
+          epochs: int, batch_size: int, device: torch.device, seed: int = 0, jobs: int = 1, threads: int = 0,
+          log=print) -> list[SweepCell]:
+    """Train every target at every width and learning rate; one cell per (target, width). ``jobs`` and ``threads``
+    as in :func:`run_many`; a failed run stops the sweep with its error."""
+    runs = [RecallRun(task, target, width, lr) for target in targets for width in widths for lr in lrs]
+    results = {}
+    for run, outcome in run_many(runs, overrides, epochs, batch_size, device, seed, jobs, threads):
+        if isinstance(outcome, BaseException):
+            raise outcome
+        results[run] = outcome
+        log(describe_run(run, outcome))
+    return sweep_cells({run: results[run] for run in runs})
 
 
 def sweep_table(cells: list[SweepCell], task: RecallTask) -> str:
-    """Markdown: one row per (model, width) with its best learning rate's accuracy, and every lr's accuracy."""
-    lrs = list(cells[0].results)
+    """Markdown: one row per (model, width) with its best learning rate's accuracy, and every lr's accuracy
+    (a dash where that run has no result, e.g. in an unfinished grid)."""
+    lrs = sorted({lr for c in cells for lr in c.results})
     lines = [
         f"MQAR: vocab {task.vocab_size}, length {task.input_seq_len}, {task.num_kv_pairs} key-value pairs, "
         f"power_a {task.power_a}, {task.num_passes} pass(es); {task.train_examples} train and {task.test_examples} "
@@ -200,27 +299,30 @@ def sweep_table(cells: list[SweepCell], task: RecallTask) -> str:
         "|---|---:|---:|---:|---:|---:|" + "---:|" * len(lrs),
     ]
     for c in cells:
-        by_lr = " | ".join(f"{c.results[lr].accuracy:.3f}" for lr in lrs)
+        by_lr = " | ".join(f"{c.results[lr].accuracy:.3f}" if lr in c.results else "–" for lr in lrs)
         lines.append(f"| {c.model} | {c.d_model} | {c.best.state_size:,} | {c.best.parameters:,} | {c.best_lr:g} | "
                      f"{c.best.accuracy:.3f} | {by_lr} |")
     return "\n".join(lines) + "\n"
 
 
-def plot_sweep(cells: list[SweepCell], task: RecallTask, path) -> None:
-    """Accuracy against state size (log scale), one line per model, points ordered by width (Zoology, Fig. 2)."""
+def plot_recall(panels: list[tuple[RecallTask, list[SweepCell]]], path) -> None:
+    """One panel per task: accuracy against state size (log scale), one line per model, points ordered by state
+    size, each model one colour in every panel (Zoology, Fig. 2)."""
     plt = pyplot("the recall sweep's plots")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for model in dict.fromkeys(c.model for c in cells):
-        mine = sorted((c for c in cells if c.model == model), key=lambda c: c.best.state_size)
-        ax.plot([c.best.state_size for c in mine], [c.best.accuracy for c in mine], marker="o", label=model)
-    ax.set_xscale("log")
-    ax.set_xlabel("state size (floats per sequence)")
-    ax.set_ylabel("MQAR accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"MQAR: length {task.input_seq_len}, {task.num_kv_pairs} kv pairs, vocab {task.vocab_size}")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
+    colours = {model: f"C{i % 10}" for i, model in enumerate(dict.fromkeys(c.model for _, cs in panels for c in cs))}
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (task, cells) in zip(axes[0], panels):
+        for model in dict.fromkeys(c.model for c in cells):
+            mine = sorted((c for c in cells if c.model == model), key=lambda c: c.best.state_size)
+            ax.plot([c.best.state_size for c in mine], [c.best.accuracy for c in mine], marker="o", label=model,
+                    color=colours[model])
+        ax.set_xscale("log")
+        ax.set_xlabel("state size (floats per sequence)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"MQAR: length {task.input_seq_len}, {task.num_kv_pairs} kv pairs, vocab {task.vocab_size}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[0][0].set_ylabel("MQAR accuracy")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
