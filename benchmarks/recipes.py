@@ -18,6 +18,7 @@ tag replaces the rows of the recipes it reruns and keeps the others.
 
     python benchmarks/recipes.py --data-dir DIR                       # all four
     python benchmarks/recipes.py --data-dir DIR --recipes ptb-word --set train.steps=100 --tag=-smoke
+    python benchmarks/recipes.py --report benchmarks/results/recipes-cuda.json   # redraw the table and plot
 """
 
 from __future__ import annotations
@@ -117,8 +118,9 @@ def table(rows: list[dict], machine: str) -> str:
         published = "; ".join(f"{who} {figure:g}" for who, figure in r["published"])
         budget = f" (≤ {r['max_parameters'] / 1e6:g}M)" if r["max_parameters"] else ""
         flag = "" if r["within_budget"] else " **over budget**"
+        note = f" ({r['note']})" if r.get("note") else ""
         lines.append(f"| {r['recipe']} | {r['metric']} | {r['ours']:.4g} | {published} | "
-                     f"{r['parameters'] / 1e6:.1f}M{budget}{flag} | {r['train_minutes']:.1f} min | {r['steps']} |")
+                     f"{r['parameters'] / 1e6:.1f}M{budget}{flag} | {r['train_minutes']:.1f} min{note} | {r['steps']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -145,20 +147,29 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--data-dir")
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every recipe")
     parser.add_argument("--runs", default="runs/recipes", help="where the runs are saved")
     parser.add_argument("--tag", default="", help="appended to the results' file names")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the results are written")
+    parser.add_argument("--report", metavar="JSON", help="only redraw the table and plot of a results JSON")
     args = parser.parse_args()
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        write_report(saved["rows"], saved["machine"], Path(args.report).with_suffix(""))
+        print(table(saved["rows"], saved["machine"]))
+        return
+    if not args.data_dir:
+        parser.error("--data-dir is required to train")
     names = args.recipes.split(",")
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         parser.error(f"unknown recipes {unknown}; choose from {', '.join(RECIPES)}")
     device = pick_device("auto")
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    stem = RESULTS / f"recipes-{device.type}{args.tag}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = args.results / f"recipes-{device.type}{args.tag}"
+    args.results.mkdir(parents=True, exist_ok=True)
     json_path = stem.with_suffix(".json")
     rows = json.loads(json_path.read_text())["rows"] if json_path.exists() else []
     for name in names:
@@ -169,9 +180,13 @@ def main() -> None:
         print(f"{name}: {r['metric']} {r['ours']:.4g} (published: {published}), "
               f"{r['parameters']:,} parameters, {r['train_minutes']:.1f} min", flush=True)
         json_path.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
-        stem.with_suffix(".md").write_text(table(rows, machine))
-        plot(rows, stem.with_suffix(".png"))
+        write_report(rows, machine, stem)
     print(table(rows, machine))
+
+
+def write_report(rows: list[dict], machine: str, stem: Path) -> None:
+    stem.with_suffix(".md").write_text(table(rows, machine))
+    plot(rows, stem.with_suffix(".png"))
 
 
 if __name__ == "__main__":

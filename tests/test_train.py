@@ -169,3 +169,12 @@ def test_eval_generate_info(trained_run, capsys):
     assert main(["info", str(trained_run)]) == 0
     out = capsys.readouterr().out
     assert "parameters" in out and "state" in out
+
+
+def test_a_fresh_run_in_a_used_directory_starts_its_own_curve(tiny):
+    cfg = load_config("default", tiny + ["train.steps=4", "train.eval_every=2", "train.save_every=2"])
+    train(cfg, log=lambda *_: None)
+    train(load_config("default", tiny + ["train.steps=2", "train.eval_every=2", "train.save_every=2"]),
+          log=lambda *_: None)
+    rows = [json.loads(line) for line in (Path(cfg.train.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in rows) == 2  # nothing left of the first run's four steps

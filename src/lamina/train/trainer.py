@@ -160,6 +160,8 @@ def train(cfg: Config, resume: str | None = None, log=print) -> TrainResult:
     forward = torch.compile(model) if t.compile else model
     metrics_file = run_dir / "metrics.jsonl"
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not ckpt:  # a fresh run's curve starts empty; a resumed one appends to its own
+        metrics_file.unlink(missing_ok=True)
 
     def save() -> Path:
         trainer_state = {
