@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,8 +34,9 @@ from pathlib import Path
 import torch
 
 from lamina.config import load_config
-from lamina.data import encode_split, load_corpus
+from lamina.data import build_tokenizer, encode_split, load_corpus
 from lamina.eval import evaluate
+from lamina.models import build_model
 from lamina.plotting import pyplot
 from lamina.train import pick_device, train
 
@@ -82,10 +84,25 @@ def score_split(recipe: Recipe, result, cfg, device: torch.device) -> tuple[floa
     return recipe.score(scored.nats), scored.tokens
 
 
+def check_budget(name: str, recipe: Recipe, cfg) -> None:
+    """Refuse, before any training, a model larger than the published comparison allows."""
+    if recipe.max_parameters is None:
+        return
+    corpus = load_corpus(cfg.data.corpus, cfg.data.data_dir, cfg.data.download)
+    vocab = cfg.model.vocab_size or build_tokenizer(cfg.data.tokenizer, corpus).vocab_size
+    with torch.device("meta"):
+        parameters = build_model(cfg.model, vocab).num_parameters()
+    if parameters > recipe.max_parameters:
+        raise SystemExit(f"recipes: error: {name} has {parameters:,} parameters, over the {recipe.max_parameters:,} "
+                         "its published figures hold to; lower model.d_model, model.mlp_hidden or the layers")
+
+
 def run_recipe(name: str, args) -> dict:
     recipe = RECIPES[name]
     cfg = load_config(recipe.preset, [f"train.out_dir={args.runs}/{name}", "train.sample_tokens=0", *args.set])
     cfg.data.data_dir = args.data_dir
+    check_budget(name, recipe, cfg)
+    shutil.rmtree(cfg.train.out_dir, ignore_errors=True)  # a recipe trains from scratch
     device = pick_device(cfg.train.device)
     start = time.time()
     result = train(cfg, log=lambda line: print(f"[{name}] {line}", flush=True))

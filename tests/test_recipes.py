@@ -63,3 +63,12 @@ def test_unknown_recipe_is_refused(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipes.py"), "--data-dir", str(tmp_path),
                            "--recipes", "ptb-words"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "unknown recipes ['ptb-words']" in done.stderr
+
+
+def test_a_model_over_the_budget_is_refused_before_training(shared_data, tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipes.py"), "--data-dir", str(shared_data),
+                           "--recipes", "ptb-word", "--set", "model.d_model=640", "--runs", str(tmp_path / "runs"),
+                           "--results", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "over the 24,000,000 its published figures hold to" in done.stderr
+    assert not (tmp_path / "runs").exists()  # nothing trained

@@ -249,7 +249,9 @@ def write_report(archs: list[Arch], out: Path, budget: Budget, command: str, wid
         f"{pick_device(t.device)}. Parameters matched to {archs[0].name}'s through model.d_model (multiples of "
         f"{width_multiple}), within {spread:.1%}. Validation on "
         f"{t.eval_tokens or 'all'} tokens of the valid split. Peak memory: {memory_kind}"
-        + (" (of the whole process, so it never goes down from one run to the next)." if "RSS" in memory_kind else "."),
+        + (" (of the whole process, so it never goes down from one run to the next)." if "RSS" in memory_kind else ".")
+        + " State: the floats carried from one segment to the next; attention's key/value cache within a segment is "
+        "not counted (`lamina bench` measures its growth with context).",
         "",
         f"| architecture | d_model | parameters | vs {archs[0].name} | state (floats/sequence) | steps | tokens | "
         f"valid {metric} | train tokens/s | peak memory (MiB) | generate tokens/s |",
