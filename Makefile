@@ -8,7 +8,7 @@ setup:
 	@$(PYTHON) -m pip install -q -e '.[dev]'
 
 train: setup
-	$(PYTHON) -m lamina train
+	$(PYTHON) -m lamina train --overwrite
 
 test: setup
 	$(PYTHON) -m pytest -q

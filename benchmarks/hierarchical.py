@@ -125,7 +125,7 @@ def main() -> None:
                 d_model = matched_d_model(name, overrides, target)
             cfg = config_for(name, overrides, d_model)
             start = time.time()
-            result = train(cfg, log=lambda *_: None)
+            result = train(cfg, log=lambda *_: None, overwrite=True)
             seconds = time.time() - start
             history = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
             speeds = [h["tokens_per_s"] for h in history if "tokens_per_s" in h][1:]  # the first window warms up

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -102,10 +101,9 @@ def run_recipe(name: str, args) -> dict:
     cfg = load_config(recipe.preset, [f"train.out_dir={args.runs}/{name}", "train.sample_tokens=0", *args.set])
     cfg.data.data_dir = args.data_dir
     check_budget(name, recipe, cfg)
-    shutil.rmtree(cfg.train.out_dir, ignore_errors=True)  # a recipe trains from scratch
     device = pick_device(cfg.train.device)
     start = time.time()
-    result = train(cfg, log=lambda line: print(f"[{name}] {line}", flush=True))
+    result = train(cfg, log=lambda line: print(f"[{name}] {line}", flush=True), overwrite=True)  # from scratch
     minutes = (time.time() - start) / 60
     parameters = result.model.num_parameters()
     value, tokens = score_split(recipe, result, cfg, device)

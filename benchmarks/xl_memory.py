@@ -61,7 +61,7 @@ def main() -> None:
                 *([f"train.lr={args.lr}"] if args.lr else []), *args.set,
             ])
             start = time.time()
-            result = train(cfg, log=lambda *_: None)
+            result = train(cfg, log=lambda *_: None, overwrite=True)
             seconds = time.time() - start
             history = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
             curve = [(h["step"], round(h["valid_loss"], 4)) for h in history if "valid_loss" in h]

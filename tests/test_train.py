@@ -171,10 +171,17 @@ def test_eval_generate_info(trained_run, capsys):
     assert "parameters" in out and "state" in out
 
 
-def test_a_fresh_run_in_a_used_directory_starts_its_own_curve(tiny):
-    cfg = load_config("default", tiny + ["train.steps=4", "train.eval_every=2", "train.save_every=2"])
-    train(cfg, log=lambda *_: None)
-    train(load_config("default", tiny + ["train.steps=2", "train.eval_every=2", "train.save_every=2"]),
-          log=lambda *_: None)
-    rows = [json.loads(line) for line in (Path(cfg.train.out_dir) / "metrics.jsonl").read_text().splitlines()]
-    assert max(r["step"] for r in rows) == 2  # nothing left of the first run's four steps
+def test_a_fresh_run_never_replaces_a_saved_one_unless_asked(tiny, capsys):
+    first = load_config("default", tiny + ["train.steps=4", "train.eval_every=2", "train.save_every=2"])
+    train(first, log=lambda *_: None)
+    run = Path(first.train.out_dir)
+    saved = sorted(p.name for p in run.glob("ckpt-*"))
+    again = tiny + ["train.steps=2", "train.eval_every=2", "train.save_every=2"]
+    err = _error_line(capsys, ["train", *again])
+    assert str(run) in err and "--resume" in err and "--overwrite" in err
+    assert sorted(p.name for p in run.glob("ckpt-*")) == saved  # untouched
+    assert main(["train", *again, "--overwrite"]) == 0
+    assert sorted(p.name for p in run.glob("ckpt-*")) == ["ckpt-0000002"]  # nothing left of the first run
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in rows) == 2
+    assert "only one of them" in _error_line(capsys, ["train", "--resume", str(run), "--overwrite"])

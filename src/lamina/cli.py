@@ -1,6 +1,6 @@
 """The ``lamina`` command: train, eval, generate, info, compare, bench, recall.
 
-    lamina train [PRESET|FILE.yaml] [key=value ...] [--resume RUN]
+    lamina train [PRESET|FILE.yaml] [key=value ...] [--resume RUN | --overwrite]
     lamina eval RUN [--split test] [--tgt-len N] [--mem-len N] [--carry both|yes|no] [--buckets N,N,...] [--corrupt RATE]
     lamina eval RUN --passkey LEN,LEN,... [--passkey-trials N]
     lamina generate RUN [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
@@ -91,6 +91,8 @@ def cmd_train(args) -> int:
     from lamina.train import load_checkpoint, train
 
     preset, overrides = _split_args(args.items)
+    if args.resume and args.overwrite:
+        raise LaminaError("--resume continues a saved run and --overwrite replaces one; give only one of them")
     if args.resume:
         if preset:
             raise LaminaError("--resume continues a saved run with its own config; give overrides only")
@@ -102,7 +104,7 @@ def cmd_train(args) -> int:
         cfg = load_config(preset or "default", overrides)
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"final validation: {format_metric(result.unit, result.valid_nats)} "
           f"(loss {result.valid_nats:.4f} nats/token) after {result.step} steps; run saved in {result.run_dir}")
     if cfg.train.sample_tokens and not result.interrupted:
@@ -355,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (default preset on the embedded stdlib corpus)")
     p.add_argument("items", nargs="*", metavar="PRESET|key=value", help="a preset name or .yaml file, then overrides")
     p.add_argument("--resume", metavar="RUN", help="continue a run directory or checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a saved run in train.out_dir (by default a fresh run refuses to)")
     p.add_argument("--data-dir", help="directory holding corpus files (else $LAMINA_DATA_DIR, then the cache)")
     p.set_defaults(func=cmd_train)
 

@@ -195,7 +195,7 @@ def run(archs: list[Arch], out: Path, device: str = "auto", log=print) -> None:
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         log(f"== {arch.name}: d_model {cfg.model.d_model}, {arch.parameters:,} parameters")
-        result = train(cfg, log=log)
+        result = train(cfg, log=log, overwrite=True)  # the report's own runs
         memory, memory_kind = peak_memory(dev)
         t = cfg.train
         curve, tokens_per_s = read_metrics(result.run_dir, t.batch_size * t.seq_len * t.bptt_segments)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import signal
 import sys
 import time
@@ -36,7 +37,7 @@ from lamina.eval import autocast_for, evaluate, format_metric, metric_value
 from lamina.eval.metrics import UNIT_METRIC
 from lamina.mixers import detach_state
 from lamina.models import build_model
-from lamina.train.checkpoint import load_checkpoint, save_checkpoint
+from lamina.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -116,12 +117,31 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def train(cfg: Config, resume: str | None = None, log=print) -> TrainResult:
-    """Train (or resume) a run described by ``cfg``; returns the final model and metrics."""
+def claim_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Make ``run_dir`` ready for a fresh run: refuse one that holds a saved run unless ``overwrite``, which
+    clears its checkpoints and curve first, so a fresh run never mixes with, or silently replaces, another."""
+    saved = sorted(run_dir.glob("ckpt-*")) if run_dir.is_dir() else []
+    if saved and not overwrite:
+        raise LaminaError(
+            f"{run_dir} already holds a run (last saved: {saved[-1].name}); continue it with "
+            f"`lamina train --resume {run_dir}`, start a new one with train.out_dir=DIR, or replace it with --overwrite"
+        )
+    for path in saved:
+        shutil.rmtree(path)
+    for name in (LATEST, "metrics.jsonl"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def train(cfg: Config, resume: str | None = None, log=print, overwrite: bool = False) -> TrainResult:
+    """Train (or resume) a run described by ``cfg``; returns the final model and metrics.
+
+    A fresh run's directory must not hold another saved run unless ``overwrite`` (see :func:`claim_run_dir`)."""
     t = cfg.train
     device = pick_device(t.device)
     run_dir = Path(t.out_dir or f"runs/{cfg.preset}")
     ckpt = load_checkpoint(resume, with_trainer_state=True) if resume else None
+    if not ckpt:
+        claim_run_dir(run_dir, overwrite)
 
     corpus = load_corpus(cfg.data.corpus, cfg.data.data_dir, cfg.data.download)
     log(corpus.describe())
@@ -160,8 +180,6 @@ def train(cfg: Config, resume: str | None = None, log=print) -> TrainResult:
     forward = torch.compile(model) if t.compile else model
     metrics_file = run_dir / "metrics.jsonl"
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not ckpt:  # a fresh run's curve starts empty; a resumed one appends to its own
-        metrics_file.unlink(missing_ok=True)
 
     def save() -> Path:
         trainer_state = {
