@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
-from lamina.cli import _float_list, _int_list
+from lamina.cli import positive_list
 from lamina.errors import LaminaError
 from lamina.eval.recall import (
     RecallResult, RecallRun, RecallTask, describe_run, plot_recall, recall_config, run_many, sweep_cells, sweep_table,
@@ -171,8 +171,8 @@ def grid(args: argparse.Namespace, command: str) -> int:
     models = [m for m in args.models.split(",") if m]
     for model in models:
         recall_config(model, args.overrides)  # unknown names and bad overrides fail before any training
-    widths = _int_list(args.widths, "--widths")
-    lrs = _float_list(args.lrs, "--lrs")
+    widths = positive_list(args.widths, "--widths")
+    lrs = positive_list(args.lrs, "--lrs", float)
     device = pick_device(args.device)
     pyplot("the grid's plot")  # before any training
     out = Path(args.out)

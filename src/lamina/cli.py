@@ -114,13 +114,16 @@ def cmd_train(args) -> int:
     return 130 if result.interrupted else 0
 
 
-def _int_list(text: str, option: str) -> list[int]:
+def positive_list(text: str, option: str, kind: type = int) -> list:
+    """``"128,512"`` -> ``[128, 512]``: positive numbers of ``kind`` (int or float) separated by commas, or a
+    LaminaError that names ``option``."""
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
-    if not values or any(v <= 0 for v in values):
-        raise LaminaError(f"{option} takes positive integers separated by commas (e.g. 128,512,2048), got {text!r}")
+    if not values or any(not v > 0 for v in values):
+        what, example = ("integers", "128,512,2048") if kind is int else ("numbers", "1e-3,3e-3")
+        raise LaminaError(f"{option} takes positive {what} separated by commas (e.g. {example}), got {text!r}")
     return values
 
 
@@ -136,7 +139,7 @@ def _print_buckets(result, unit: str) -> None:
 def _passkey(model, tokenizer, context: int, args) -> int:
     from lamina.eval import passkey_accuracy
 
-    lengths = _int_list(args.passkey, "--passkey")
+    lengths = positive_list(args.passkey, "--passkey")
     if args.passkey_trials < 1:
         raise LaminaError(f"--passkey-trials must be at least 1, got {args.passkey_trials}")
     if tokenizer.name != "bytes":
@@ -153,7 +156,7 @@ def cmd_eval(args) -> int:
     from lamina.eval import evaluate, format_metric, loss_by_position
     from lamina.train import load_model, pick_device
 
-    edges = _int_list(args.buckets, "--buckets") if args.buckets else None
+    edges = positive_list(args.buckets, "--buckets") if args.buckets else None
     device = pick_device(args.device)
     model, tokenizer, cfg = load_model(args.checkpoint, device)
     tgt_len = args.tgt_len or cfg.train.seq_len
@@ -264,7 +267,7 @@ def cmd_bench(args) -> int:
     if device not in DEFAULTS:
         raise LaminaError(f"--device takes cpu, cuda or auto, got {args.device!r}")
     defaults = DEFAULTS[device]
-    lengths = _int_list(args.lengths, "--lengths") if args.lengths is not None else defaults["lengths"]
+    lengths = positive_list(args.lengths, "--lengths") if args.lengths is not None else defaults["lengths"]
     max_memory = args.max_memory
     if max_memory is None and device == "cpu":  # half of this machine's memory
         max_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 / 2**30
@@ -281,16 +284,6 @@ def cmd_bench(args) -> int:
     bench(names, lengths, settings, out, overrides, command)
     print(f"benchmarked {len(names)} architectures in {time.time() - start:.0f} s; report in {out / 'bench.md'}")
     return 0
-
-
-def _float_list(text: str, option: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or any(not v > 0 for v in values):
-        raise LaminaError(f"{option} takes positive numbers separated by commas (e.g. 1e-3,3e-3), got {text!r}")
-    return values
 
 
 def cmd_recall(args) -> int:
@@ -335,8 +328,8 @@ def cmd_recall(args) -> int:
     models = [m for m in (args.models or target or "attn").split(",") if m]
     for model in models:
         recall_config(model, overrides)  # unknown names and bad overrides fail before any training
-    widths = _int_list(args.widths or "32,64", "--widths")
-    lrs = _float_list(args.lrs or "1e-3,3e-3", "--lrs")
+    widths = positive_list(args.widths or "32,64", "--widths")
+    lrs = positive_list(args.lrs or "1e-3,3e-3", "--lrs", float)
     pyplot("the recall sweep's plots")  # before any training
     out = Path(args.out or "runs/recall")
     out.mkdir(parents=True, exist_ok=True)
