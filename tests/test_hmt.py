@@ -237,8 +237,10 @@ def test_sensory_memory_learns_to_copy_the_previous_segment():
     assert loss.item() < 0.6 * math.log(16)
 
 
-def test_greedy_generation_equals_teacher_forcing_and_state_is_bounded():
-    model = hmt(layers=("hgrn", "hgrn"))
+@pytest.mark.parametrize("layers, mem_len", [(("hgrn", "hgrn"), 0), (("attn", "attn"), 0), (("hgrn", "attn"), 16)])
+def test_greedy_generation_equals_teacher_forcing_and_state_is_bounded(layers, mem_len):
+    # with attention, decoding's wider window must still see exactly what the segment-by-segment call sees
+    model = hmt(layers=layers, mem_len=mem_len)
     check_greedy_decoding_is_teacher_forcing(model, random_ids(11, batch=1, seed=8)[0], 40, context=4, steps=3 * L + 2)
 
 

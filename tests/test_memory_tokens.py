@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from lamina.cli import main
 from lamina.config import ModelConfig, load_config
 from lamina.errors import LaminaError
-from lamina.eval import evaluate
+from lamina.eval import evaluate, generate
 from lamina.mixers import detach_state
 from lamina.mixers.base import flatten_state
 from lamina.models import LM
@@ -90,10 +90,28 @@ def test_gradient_flows_through_memory_only_across_bptt_segments():
     assert torch.equal(_seg2_grad_wrt_seg1(plain, cut_graph=False), torch.zeros(2, 8, 32))
 
 
-def test_greedy_generation_equals_teacher_forcing_and_state_is_bounded():
-    model = rmt(layers=("hgrn", "hgrn"))
+@pytest.mark.parametrize("layers, mem_len", [(("hgrn", "hgrn"), 0), (("attn", "attn"), 0), (("hgrn", "attn"), 16)])
+def test_greedy_generation_equals_teacher_forcing_and_state_is_bounded(layers, mem_len):
+    # with attention, decoding's wider window must still see exactly what the segment-by-segment call sees
+    model = rmt(layers=layers, mem_len=mem_len)
     prompt = torch.randint(0, 256, (11,), generator=torch.Generator().manual_seed(3))
     check_greedy_decoding_is_teacher_forcing(model, prompt, 200, context=8, steps=40)
+
+
+@pytest.mark.parametrize("mixer", ["xl", "fox"])
+def test_decoding_other_memory_layers_equals_one_call(mixer):
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=32, layers=[mixer, "hgrn"], mixers={mixer: {"heads": 2, "mem_len": 8}},
+                      memory_tokens=4, memory_segment=8)
+    prompt = torch.randint(0, 256, (11,), generator=torch.Generator().manual_seed(5))
+    check_greedy_decoding_is_teacher_forcing(LM(cfg, 257).eval(), prompt, 40, context=8, steps=20)
+
+
+def test_decoding_refuses_compressive_memory_inside_segments():
+    cfg = ModelConfig(d_model=32, layers=["xl"], mixers={"xl": {"heads": 2, "mem_len": 8, "cmem_len": 4}},
+                      memory_tokens=4, memory_segment=8)
+    with pytest.raises(LaminaError, match="compress their memory.*model.memory_tokens=0"):
+        generate(LM(cfg, 257).eval(), torch.tensor([1, 2, 3]), max_new_tokens=2, context=8)
 
 
 def test_bad_options():

@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 from lamina.config import load_config
 from lamina.eval import generate
+from lamina.eval.generate import decoding_extra
 from lamina.mixers.base import flatten_state
 from lamina.train import train
 
@@ -33,13 +34,24 @@ def check_resume_is_bit_exact(overrides: list[str], tmp_path):
 
 
 def check_greedy_decoding_is_teacher_forcing(model, prompt: torch.Tensor, new_tokens: int, context: int, steps: int):
-    """Greedy generation equals the argmax of one teacher-forced call, and ``steps`` single-token calls keep the
+    """Greedy generation equals the argmax of one teacher-forced call, decoding's logits (its window, its
+    chunked prefill, then one token per call) equal that call's, and ``steps`` single-token calls keep the
     state's floats at ``model.state_size()``."""
     out = generate(model, prompt, max_new_tokens=new_tokens, context=context, temperature=0)
     seq = torch.cat([prompt, torch.tensor(out)])
     with torch.no_grad():
         logits, _ = model(seq[None, :-1])
-    assert out == logits[0, len(prompt) - 1 :].argmax(-1).tolist()
+        assert out == logits[0, len(prompt) - 1 :].argmax(-1).tolist()
+        with model.memory(extra=decoding_extra(model, context)):  # an argmax can hide a wrong window: logits
+            state, decoded = model.init_state(1), []
+            for start in range(0, len(prompt), context):
+                piece, state = model(prompt[None, start : start + context], state)
+                decoded.append(piece)
+            for token in out[:-1]:
+                piece, state = model(torch.tensor([[token]]), state)
+                decoded.append(piece)
+        decoded = torch.cat(decoded, dim=1)
+    assert ((decoded - logits).abs().max() / logits.abs().max()).item() < 1e-4
     state = model.init_state(1)
     with torch.no_grad():
         for t in range(steps):

@@ -12,8 +12,10 @@ completes: the prompt is prefilled in ``context``-token pieces, and decoded
 tokens accumulate in the layers' states until the segment is full, when the
 write embeddings run. Its attention window grows by the read and write
 positions of a segment (``2m`` memory tokens; HMT's recalled embedding twice
-and its sensory memory), so the write positions see the whole segment; the
-decode state stays bounded.
+and its sensory memory), so the write positions see the whole segment, and is
+cut back to its own memory at each segment start
+(:func:`lamina.models.lm.forget_widening`): every position then sees exactly
+what the segment-by-segment call shows it. The decode state stays bounded.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+
+from lamina.errors import LaminaError
 
 
 def sample_next(
@@ -42,6 +46,23 @@ def sample_next(
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+def decoding_extra(model, context: int) -> int:
+    """Positions added to every attention layer's memory while decoding: the most any query saw in training
+    (``context - 1`` earlier tokens of its segment), or with a segment memory the longest run of a segment
+    with its read and write positions."""
+    segment_memory = getattr(model, "segment_memory", None)
+    span = context
+    if segment_memory is not None:
+        if any(getattr(m, "cmem_len", 0) for m in model.memory_layers()):
+            raise LaminaError(
+                f"decoding token by token cannot reproduce a model with {segment_memory.name} whose xl layers "
+                "compress their memory (states would leave it at other times than in the segment-by-segment "
+                f"call); score it with lamina eval, or train it with cmem_len 0 or {segment_memory.off}"
+            )
+        span = max(context, segment_memory.segment_len) + segment_memory.extra_positions
+    return span - 1
 
 
 @torch.no_grad()
@@ -67,11 +88,7 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        segment_memory = getattr(model, "segment_memory", None)
-        span = context
-        if segment_memory is not None:
-            span = max(context, segment_memory.segment_len) + segment_memory.extra_positions
-        with model.memory(extra=span - 1):
+        with model.memory(extra=decoding_extra(model, context)):
             state = model.init_state(1, device)
             prompt = prompt.to(device)[None]
             for start in range(0, prompt.shape[1], context):

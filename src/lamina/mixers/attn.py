@@ -54,6 +54,7 @@ class AttnOptions:
 class Attention(Mixer):
     Options = AttnOptions
     forms = ("recurrent", "parallel")
+    memory_valid = 2  # where the state holds its memory's validity (kv_memory.keep_newest)
 
     def __init__(self, d_model: int, options: AttnOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)

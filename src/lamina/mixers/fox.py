@@ -46,6 +46,7 @@ class FoxOptions:
 class ForgettingAttention(Mixer):
     Options = FoxOptions
     forms = ("recurrent", "parallel")
+    memory_valid = 3  # where the state holds its memory's validity (kv_memory.keep_newest)
 
     def __init__(self, d_model: int, options: FoxOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)

@@ -52,6 +52,17 @@ def keep_last(memory: Tensors, joined: Tensors) -> Tensors:
     return tuple(j[:, j.shape[1] - M :].to(m.dtype) for m, j in zip(memory, joined))
 
 
+def keep_newest(state: Tensors, valid_index: int, keep: int) -> Tensors:
+    """``state`` with only the newest ``keep`` slots of its memory still valid (``state[valid_index]`` is the
+    memory's ``[B, M]`` validity, newest last); the buffer keeps its size, so positions keep their distances."""
+    valid = state[valid_index]
+    if keep >= valid.shape[1]:
+        return state
+    valid = valid.clone()
+    valid[:, : valid.shape[1] - keep] = False
+    return (*state[:valid_index], valid, *state[valid_index + 1 :])
+
+
 def causal_mask(valid: torch.Tensor, T: int, window: Optional[int]) -> torch.Tensor:
     """``[B, 1, T, K]`` boolean over keys ``[memory ; segment]`` (``K = M + T``, ``valid`` of shape ``[B, K]``).
 

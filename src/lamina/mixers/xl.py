@@ -118,6 +118,7 @@ def rel_shift(scores: torch.Tensor) -> torch.Tensor:
 class TransformerXL(Mixer):
     Options = XLOptions
     forms = ("recurrent", "parallel")
+    memory_valid = 1  # where the state holds its memory's validity (kv_memory.keep_newest)
 
     def __init__(self, d_model: int, options: XLOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)

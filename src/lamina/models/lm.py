@@ -25,7 +25,7 @@ from torch import nn
 
 from lamina.config import ModelConfig
 from lamina.errors import LaminaError
-from lamina.mixers import Mixer, mixer_class
+from lamina.mixers import Mixer, kv_memory, mixer_class
 from lamina.models.hmt import HierarchicalMemory
 from lamina.models.memory_tokens import MemoryTokens
 from lamina.models.segments import SegmentMemory
@@ -128,11 +128,23 @@ def memory_lengths(layers: list[Mixer], mem_len: int | None = None, extra: int =
     saved = [m.mem_len for m in layers]
     for m, own in zip(layers, saved):
         m.mem_len = (own if mem_len is None else mem_len) + extra
+        m.mem_widened_by = extra  # what a segment memory cuts back at each segment start (see forget_widening)
     try:
         yield
     finally:
         for m, own in zip(layers, saved):
-            m.mem_len = own
+            m.mem_len, m.mem_widened_by = own, 0
+
+
+def forget_widening(blocks: nn.ModuleList, states: list) -> list:
+    """The layer states at a segment's start, each memory layer widened by :func:`memory_lengths`' ``extra``
+    cut back to its own memory: decoding a segment model token by token then shows every position of a
+    segment exactly what the segment-by-segment call shows it (the widening only holds the segment's own run)."""
+    return [
+        kv_memory.keep_newest(s, b.mixer.memory_valid, b.mixer.mem_len - b.mixer.mem_widened_by)
+        if getattr(b.mixer, "mem_widened_by", 0) else s
+        for b, s in zip(blocks, states)
+    ]
 
 
 class Stack(nn.Module):
@@ -297,6 +309,8 @@ class LM(SequenceModel):
         logits = []
         for start, stop, read, write in mem.plan(mem.position(memory_state), x.shape[1]):
             n = stop - start
+            if read:
+                layer_states = forget_widening(self.blocks, layer_states)
             prefix, valid = mem.read(memory_state, self) if read else (x[:, :0], None)
             suffix = mem.write(memory_state).to(x.dtype) if write else x[:, :0]
             masks = {}
