@@ -111,7 +111,6 @@ def run_recipe(name: str, args) -> dict:
     return {
         "recipe": name, "metric": recipe.metric, "ours": value, "published": recipe.published,
         "parameters": parameters, "max_parameters": recipe.max_parameters,
-        "within_budget": recipe.max_parameters is None or parameters <= recipe.max_parameters,
         "steps": result.step, "train_minutes": minutes, "scored_tokens": tokens,
         "curve": [(row["elapsed"] / 60, recipe.score(row["valid_loss"])) for row in curve if "valid_loss" in row],
         "config": {"model": asdict(cfg.model), "train": asdict(cfg.train)},
@@ -132,10 +131,9 @@ def table(rows: list[dict], machine: str) -> str:
     for r in rows:
         published = "; ".join(f"{who} {figure:g}" for who, figure in r["published"])
         budget = f" (≤ {r['max_parameters'] / 1e6:g}M)" if r["max_parameters"] else ""
-        flag = "" if r["within_budget"] else " **over budget**"
         note = f" ({r['note']})" if r.get("note") else ""
         lines.append(f"| {r['recipe']} | {r['metric']} | {r['ours']:.4g} | {published} | "
-                     f"{r['parameters'] / 1e6:.1f}M{budget}{flag} | {r['train_minutes']:.1f} min{note} | {r['steps']} |")
+                     f"{r['parameters'] / 1e6:.1f}M{budget} | {r['train_minutes']:.1f} min{note} | {r['steps']} |")
     return "\n".join(lines) + "\n"
 
 
