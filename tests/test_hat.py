@@ -93,6 +93,7 @@ from lamina.config import ModelConfig  # noqa: E402
 from lamina.errors import LaminaError  # noqa: E402
 from lamina.eval import generate  # noqa: E402
 from lamina.models import HAT, build_model  # noqa: E402
+from train_harness import check_decoding_is_one_call  # noqa: E402
 
 TEXT = [
     "  def f(x):\n    return xxxxxxxxxxxx + 1  # été\n".encode()[:40],
@@ -212,13 +213,8 @@ def test_gradients_reach_every_stack():
         assert all(g is not None and g.abs().sum() > 0 for g in grads), name  # lower bound is 0, its table unused
 
 
-def test_greedy_generation_equals_teacher_forced_argmax():
-    m = model()
-    prompt = torch.tensor(list(b"  def f(x): re"))
-    out = generate(m, prompt, max_new_tokens=20, context=8, temperature=0)
-    seq = torch.cat([prompt, torch.tensor(out)])[None]
-    logits, _ = m(seq)
-    assert out == logits[0, len(prompt) - 1 : -1].argmax(-1).tolist()
+def test_decoding_equals_one_call():
+    check_decoding_is_one_call(model(), torch.tensor(list(b"  def f(x): re")), 20, context=8)
 
 
 def test_describe_and_state_size():

@@ -7,6 +7,7 @@ from lamina.eval import generate, sample_next
 from lamina.mixers.base import flatten_state
 from lamina.models import LM
 from mixer_harness import check_lm_carries_state
+from train_harness import check_decoding_is_one_call
 
 
 def tiny_lm(layers=("hgrn", "gru", "attn"), mem_len=64):
@@ -40,12 +41,7 @@ def test_residual_projections_are_scaled():
 
 def test_greedy_generation_equals_teacher_forcing():
     model = tiny_lm(mem_len=0)  # vanilla attention: generation keeps a window of the context
-    prompt = torch.randint(0, 256, (7,))
-    out = generate(model, prompt, max_new_tokens=12, context=32, temperature=0)
-    seq = torch.cat([prompt, torch.tensor(out)])
-    with torch.no_grad():
-        logits, _ = model(seq[None, :-1])
-    assert out == logits[0, len(prompt) - 1 :].argmax(-1).tolist()
+    check_decoding_is_one_call(model, torch.randint(0, 256, (7,)), 12, context=32)
     assert model.memory_layers()[0].mem_len == 0  # the generation memory was temporary
 
 
@@ -55,12 +51,7 @@ def test_segment_models_generate_what_they_were_trained_as():
     mixers = {"infini": {"heads": 2, "segment": 8}, "block_recurrent": {"heads": 2, "n_state": 4, "segment": 8}}
     model = LM(ModelConfig(d_model=32, layers=["infini", "block_recurrent"], mixers=mixers), 257).eval()
     check_lm_carries_state(model, length=45, cuts=(5, 6, 20))  # calls 5, 1, 14, 25: inside and across segments
-    prompt = torch.randint(0, 256, (11,))
-    out = generate(model, prompt, max_new_tokens=20, context=8, temperature=0)
-    seq = torch.cat([prompt, torch.tensor(out)])
-    with torch.no_grad():
-        logits, _ = model(seq[None, :-1])
-    assert out == logits[0, len(prompt) - 1 :].argmax(-1).tolist()
+    check_decoding_is_one_call(model, torch.randint(0, 256, (11,)), 20, context=8)
 
 
 def test_generation_state_stays_constant():

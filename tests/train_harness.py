@@ -33,16 +33,15 @@ def check_resume_is_bit_exact(overrides: list[str], tmp_path):
     return run, want, saved
 
 
-def check_greedy_decoding_is_teacher_forcing(model, prompt: torch.Tensor, new_tokens: int, context: int, steps: int):
-    """Greedy generation equals the argmax of one teacher-forced call, decoding's logits (its window, its
-    chunked prefill, then one token per call) equal that call's, and ``steps`` single-token calls keep the
-    state's floats at ``model.state_size()``."""
+def check_decoding_is_one_call(model, prompt: torch.Tensor, new_tokens: int, context: int) -> None:
+    """Greedy generation equals the argmax of one teacher-forced call, and decoding's logits (its window, its
+    chunked prefill, then one token per call) equal that call's: an argmax alone can hide a wrong window."""
     out = generate(model, prompt, max_new_tokens=new_tokens, context=context, temperature=0)
     seq = torch.cat([prompt, torch.tensor(out)])
     with torch.no_grad():
         logits, _ = model(seq[None, :-1])
         assert out == logits[0, len(prompt) - 1 :].argmax(-1).tolist()
-        with model.memory(extra=decoding_extra(model, context)):  # an argmax can hide a wrong window: logits
+        with model.memory(extra=decoding_extra(model, context)):
             state, decoded = model.init_state(1), []
             for start in range(0, len(prompt), context):
                 piece, state = model(prompt[None, start : start + context], state)
@@ -52,6 +51,12 @@ def check_greedy_decoding_is_teacher_forcing(model, prompt: torch.Tensor, new_to
                 decoded.append(piece)
         decoded = torch.cat(decoded, dim=1)
     assert ((decoded - logits).abs().max() / logits.abs().max()).item() < 1e-4
+
+
+def check_greedy_decoding_is_teacher_forcing(model, prompt: torch.Tensor, new_tokens: int, context: int, steps: int):
+    """:func:`check_decoding_is_one_call`, and ``steps`` single-token calls keep the state's floats at
+    ``model.state_size()``."""
+    check_decoding_is_one_call(model, prompt, new_tokens, context)
     state = model.init_state(1)
     with torch.no_grad():
         for t in range(steps):
