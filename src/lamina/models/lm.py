@@ -125,15 +125,15 @@ def memory_layers(blocks: nn.ModuleList) -> list[Mixer]:
 @contextmanager
 def memory_lengths(layers: list[Mixer], mem_len: int | None = None, extra: int = 0) -> Iterator[None]:
     """Inside this block, memory ``layers`` keep ``mem_len`` tokens (or their own plus ``extra``)."""
-    saved = [m.mem_len for m in layers]
-    for m, own in zip(layers, saved):
+    saved = [(m.mem_len, getattr(m, "mem_widened_by", 0)) for m in layers]
+    for m, (own, _) in zip(layers, saved):
         m.mem_len = (own if mem_len is None else mem_len) + extra
         m.mem_widened_by = extra  # what a segment memory cuts back at each segment start (see forget_widening)
     try:
         yield
     finally:
-        for m, own in zip(layers, saved):
-            m.mem_len, m.mem_widened_by = own, 0
+        for m, (own, widened) in zip(layers, saved):
+            m.mem_len, m.mem_widened_by = own, widened
 
 
 def forget_widening(blocks: nn.ModuleList, states: list) -> list:
