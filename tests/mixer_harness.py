@@ -10,7 +10,10 @@ import math
 
 import torch
 
-from lamina.mixers import use_form
+from torch import nn
+
+from lamina.mixers import mixer_class, use_form
+from lamina.mixers.lower_bound import LOWER_BOUNDS
 from lamina.mixers.base import flatten_state
 
 
@@ -218,3 +221,15 @@ def rotate_vector(x: torch.Tensor, pos: int, base: float = 10000.0) -> torch.Ten
         out[n] = x[n] * c - x[n + half] * s
         out[n + half] = x[n + half] * c + x[n] * s
     return out
+
+
+def with_random_lower_bounds(name: str, options, d_model: int, layer_idx: int, n_layers: int, bind: bool = True,
+                             seed: int = 0):
+    """Layer ``layer_idx`` of an ``n_layers``-deep model of mixer ``name`` (HGRN, HGRN2) whose shared lower-bound
+    table holds random values, so every layer's bound differs from the zero-initialised one."""
+    torch.manual_seed(seed)
+    mixer = mixer_class(name)(d_model, options, layer_idx, n_layers)
+    if bind:
+        table = type(mixer).shared_parameters[LOWER_BOUNDS](n_layers, d_model)
+        mixer.bind_shared(nn.ParameterDict({LOWER_BOUNDS: nn.Parameter(table + torch.randn(table.shape))}))
+    return mixer

@@ -9,19 +9,16 @@ from torch import nn
 from lamina.errors import LaminaError
 from lamina.mixers import mixer_class, use_form
 from lamina.mixers.hgrn import LOWER_BOUNDS, HGRN, HGRNOptions
-from mixer_harness import assert_finite_stream, check_forms_agree, rel_err, run_in_chunks, split_sizes
+from mixer_harness import (
+    assert_finite_stream, check_forms_agree, rel_err, run_in_chunks, split_sizes, with_random_lower_bounds,
+)
 
 D, N_LAYERS = 16, 4
 
 
 def make(layer_idx=2, expand_ratio=1, bind=True, seed=0):
     """An HGRN layer of a 4-layer model whose shared lower-bound table holds random values."""
-    torch.manual_seed(seed)
-    mixer = mixer_class("hgrn")(D, HGRNOptions(expand_ratio=expand_ratio), layer_idx, N_LAYERS)
-    if bind:
-        table = HGRN.shared_parameters[LOWER_BOUNDS](N_LAYERS, D)
-        mixer.bind_shared(nn.ParameterDict({LOWER_BOUNDS: nn.Parameter(table + torch.randn(table.shape))}))
-    return mixer
+    return with_random_lower_bounds("hgrn", HGRNOptions(expand_ratio=expand_ratio), D, layer_idx, N_LAYERS, bind, seed)
 
 
 def data(T, seed=1):
