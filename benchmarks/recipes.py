@@ -117,13 +117,16 @@ def run_recipe(name: str, args) -> dict:
     }
 
 
-def table(rows: list[dict], machine: str) -> str:
+def table(rows: list[dict], machine: str, torch_version: str) -> str:
     lines = [
-        f"# Paper-table recipes ({machine}, torch {torch.__version__})",
+        f"# Paper-table recipes ({machine}, torch {torch_version})",
         "",
         "Each recipe is a preset trained once from scratch (`lamina train NAME --data-dir DIR`), then scored as the "
         "paper scores it: test splits whole, one stream with state carried; Tiny Shakespeare's validation loss "
         "over 256-character windows read from scratch, as nanoGPT estimates it.",
+        "",
+        "Reproduce: `python benchmarks/recipes.py --data-dir DIR [--recipes NAME,...]`; each row's JSON entry holds "
+        "its full config and validation curve.",
         "",
         "| recipe | metric | ours | published | parameters | training | steps |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: |",
@@ -170,8 +173,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.report:
         saved = json.loads(Path(args.report).read_text())
-        write_report(saved["rows"], saved["machine"], Path(args.report).with_suffix(""))
-        print(table(saved["rows"], saved["machine"]))
+        write_report(saved["rows"], saved["machine"], saved["torch"], Path(args.report).with_suffix(""))
+        print(table(saved["rows"], saved["machine"], saved["torch"]))
         return
     if not args.data_dir:
         parser.error("--data-dir is required to train")
@@ -192,13 +195,13 @@ def main() -> None:
         published = ", ".join(f"{who} {figure:g}" for who, figure in r["published"])
         print(f"{name}: {r['metric']} {r['ours']:.4g} (published: {published}), "
               f"{r['parameters']:,} parameters, {r['train_minutes']:.1f} min", flush=True)
-        json_path.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
-        write_report(rows, machine, stem)
-    print(table(rows, machine))
+        json_path.write_text(json.dumps({"machine": machine, "torch": torch.__version__, "rows": rows}, indent=1))
+        write_report(rows, machine, torch.__version__, stem)
+    print(table(rows, machine, torch.__version__))
 
 
-def write_report(rows: list[dict], machine: str, stem: Path) -> None:
-    stem.with_suffix(".md").write_text(table(rows, machine))
+def write_report(rows: list[dict], machine: str, torch_version: str, stem: Path) -> None:
+    stem.with_suffix(".md").write_text(table(rows, machine, torch_version))
     plot(rows, stem.with_suffix(".png"))
 
 
