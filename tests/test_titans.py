@@ -217,16 +217,23 @@ def test_rejects_bad_options():
 # ------------------------------------------------------------------------------------ memory as a gate (MAG)
 
 
-def make_mag(seed=0, **options):
+def make_attending(name, seed, options):
+    """A Titans layer with attention (MAG, MAC) whose gate bias, persistent slots and norm weights are moved off
+    their initial values, so every one of them shows in the checks."""
     torch.manual_seed(seed)
-    cls = mixer_class("titans_mag")
-    mixer = cls(D, cls.Options(**{"heads": 2, "window": 6, "persistent": 3, **options}))
+    cls = mixer_class(name)
+    mixer = cls(D, cls.Options(**options))
     with torch.no_grad():
         mixer.memory.gate_bias.add_(torch.randn_like(mixer.memory.gate_bias))
         mixer.persistent_kv.normal_()
-        mixer.attn_norm.weight.uniform_(0.5, 1.5)
-        mixer.mem_norm.weight.uniform_(0.5, 1.5)
+        for norm in ("attn_norm", "mem_norm", "y_norm"):
+            if hasattr(mixer, norm):
+                getattr(mixer, norm).weight.uniform_(0.5, 1.5)
     return mixer
+
+
+def make_mag(seed=0, **options):
+    return make_attending("titans_mag", seed, {"heads": 2, "window": 6, "persistent": 3, **options})
 
 
 @pytest.mark.parametrize("T", [2, 13, 40])
@@ -293,16 +300,7 @@ def test_mag_lm_carries_state_and_rejects_bad_options():
 
 
 def make_mac(seed=0, **options):
-    torch.manual_seed(seed)
-    cls = mixer_class("titans_mac")
-    mixer = cls(D, cls.Options(**{"heads": 2, "segment": 6, "persistent": 3, **options}))
-    with torch.no_grad():
-        mixer.memory.gate_bias.add_(torch.randn_like(mixer.memory.gate_bias))
-        mixer.persistent_kv.normal_()
-        mixer.attn_norm.weight.uniform_(0.5, 1.5)
-        mixer.mem_norm.weight.uniform_(0.5, 1.5)
-        mixer.y_norm.weight.uniform_(0.5, 1.5)
-    return mixer
+    return make_attending("titans_mac", seed, {"heads": 2, "segment": 6, "persistent": 3, **options})
 
 
 @pytest.mark.parametrize("options, T", [({}, 2), ({}, 13), ({}, 40), ({"segment": 1, "persistent": 0}, 2),

@@ -56,7 +56,6 @@ of its own).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lamina.config import ModelConfig
@@ -84,7 +83,7 @@ class HAT(SequenceModel):
         self.specs = self.backbone.specs
         self.down = nn.Linear(hat.d_byte, config.d_model, bias=False)  # word vector
         self.up = nn.Linear(config.d_model, hat.d_byte, bias=False)  # backbone output into the decoder
-        self.head = None if config.tie_embeddings else nn.Linear(hat.d_byte, vocab_size, bias=False)
+        self.head = self.output_head(config, hat.d_byte, vocab_size)
         init_linear(self)
         for stack in (self.encoder, self.backbone, self.decoder):
             init_residual(stack.blocks)
@@ -162,9 +161,6 @@ class HAT(SequenceModel):
         context = table.gather(1, done[..., None].expand(B, T, table.shape[-1]))
         newest = table[torch.arange(B, device=ended.device), count]
         return context, newest, state
-
-    def _logits(self, d: torch.Tensor) -> torch.Tensor:
-        return self.head(d) if self.head is not None else F.linear(d, self.embed.weight)
 
     def describe(self) -> str:
         """Architecture, parameter count and state size, for printing."""

@@ -206,8 +206,19 @@ class SequenceModel(nn.Module, abc.ABC):
         """
         return memory_lengths(self.memory_layers(), mem_len, extra)
 
+    tied_to = "embed"  # the input embedding the output head shares its weights with, when tied
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    @staticmethod
+    def output_head(config: ModelConfig, width: int, vocab_size: int) -> nn.Linear | None:
+        """The untied output projection, or None when ``config.tie_embeddings`` (see :meth:`_logits`)."""
+        return None if config.tie_embeddings else nn.Linear(width, vocab_size, bias=False)
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Next-token logits of final hidden states: the head, or the transposed embedding ``tied_to``."""
+        return self.head(h) if self.head is not None else F.linear(h, getattr(self, self.tied_to).weight)
 
     @staticmethod
     def refuse_masks(valid: torch.Tensor | None, resets: torch.Tensor | None, what: str, why: str) -> None:
@@ -240,7 +251,7 @@ class LM(SequenceModel):
         self.blocks, self.shared = build_blocks(self.specs, d, mlp_hidden_size(d, config.mlp_hidden), config)
         self.norm = nn.RMSNorm(d, eps=config.norm_eps)
         self.segment_memory = segment_memory(config, d)
-        self.head = None if config.tie_embeddings else nn.Linear(d, vocab_size, bias=False)
+        self.head = self.output_head(config, d, vocab_size)
         init_linear(self)
         init_residual(self.blocks)
 
@@ -289,9 +300,6 @@ class LM(SequenceModel):
 
     def _run_blocks(self, x: torch.Tensor, state: list, masks: dict) -> tuple[torch.Tensor, list]:
         return run_blocks(self.blocks, x, state, masks)
-
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head(h) if self.head is not None else F.linear(h, self.embed.weight)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of token ids (with embedding dropout)."""

@@ -58,6 +58,8 @@ from lamina.models.lm import SequenceModel, Stack, init_linear, init_residual, m
 class Megabyte(SequenceModel):
     """A MEGABYTE byte model with the :class:`~lamina.models.LM` interface (equations in the module docstring)."""
 
+    tied_to = "local_embed"  # the output bytes are predicted by the local model
+
     def __init__(self, config: ModelConfig, vocab_size: int):
         super().__init__()
         mb: MegabyteConfig = config.megabyte
@@ -78,7 +80,7 @@ class Megabyte(SequenceModel):
         self.global_out = nn.Linear(d, P * D, bias=False)
         self.local_embed = nn.Embedding(vocab_size, D)
         self.local_pad = nn.Parameter(torch.empty(D))
-        self.head = None if config.tie_embeddings else nn.Linear(D, vocab_size, bias=False)
+        self.head = self.output_head(config, D, vocab_size)
         self.dropout = nn.Dropout(config.dropout)
         init_linear(self)
         for pad in (self.global_pad, self.local_pad):
@@ -181,9 +183,6 @@ class Megabyte(SequenceModel):
         elif (offset + S) % P == 0:  # the call ends with a patch: the next one starts empty
             states = self.local_model.init_state(B, x.device)
         return torch.cat(outputs, dim=1), states
-
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head(h) if self.head is not None else F.linear(h, self.local_embed.weight)
 
     def describe(self) -> str:
         """Both models, parameter count and state size, for printing."""
