@@ -40,7 +40,6 @@ from lamina.data import (
 )
 from lamina.errors import LaminaError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 TS_URL = CORPORA["tinyshakespeare"].sources[0].url
 UNREACHABLE = "http://127.0.0.1:9/x"
@@ -56,22 +55,15 @@ def isolated(monkeypatch, tmp_path) -> Path:
     return tmp_path / "xdg" / "lamina"
 
 
-@pytest.fixture
-def shared() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"the shared benchmark corpora are missing at {SHARED}; set LAMINA_SHARED_DATA")
-    return SHARED
-
-
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def ts_copy(shared: Path, dest_dir: Path, flat: bool = False) -> Path:
+def ts_copy(shared_data: Path, dest_dir: Path, flat: bool = False) -> Path:
     """A copy of tinyshakespeare/input.txt (1.1 MB) under dest_dir."""
     dest = dest_dir / "input.txt" if flat else dest_dir / "tinyshakespeare" / "input.txt"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(shared / "tinyshakespeare" / "input.txt", dest)
+    shutil.copyfile(shared_data / "tinyshakespeare" / "input.txt", dest)
     return dest
 
 
@@ -133,8 +125,8 @@ def test_tokenizer_from_bad_dict(bad):
 # ---------------------------------------------------------------- real corpora from the shared dir
 
 
-def test_ptb_word_counts(shared):
-    corpus = load_corpus("ptb", shared, download=False)
+def test_ptb_word_counts(shared_data):
+    corpus = load_corpus("ptb", shared_data, download=False)
     tok = build_tokenizer(None, corpus)
     assert isinstance(tok, WordTokenizer) and tok.vocab_size == 10_000
     counts = {s: encode_split(tok, corpus, s).numel() for s in SPLITS}
@@ -146,8 +138,8 @@ def test_ptb_word_counts(shared):
     assert metric_unit(corpus, ByteTokenizer()) == "byte"
 
 
-def test_wikitext2_word_counts(shared):
-    corpus = load_corpus("wikitext-2", shared, download=False)
+def test_wikitext2_word_counts(shared_data):
+    corpus = load_corpus("wikitext-2", shared_data, download=False)
     tok = build_tokenizer(None, corpus)
     # The published 33,278 is the vocabulary over all splits; fitting on train alone gives the
     # same, because WikiText-2's vocabulary was defined on its train split (valid/test add no type).
@@ -159,9 +151,9 @@ def test_wikitext2_word_counts(shared):
     assert counts == {"train": 2_088_628, "valid": 217_646, "test": 245_569}
 
 
-def test_ptb_char_loads_from_shared_dir(shared):
-    corpus = load_corpus("ptb-char", shared, download=False)
-    assert corpus.paths["ptb.char.valid.txt"] == shared / "ptb" / "ptb.char.valid.txt"
+def test_ptb_char_loads_from_shared_dir(shared_data):
+    corpus = load_corpus("ptb-char", shared_data, download=False)
+    assert corpus.paths["ptb.char.valid.txt"] == shared_data / "ptb" / "ptb.char.valid.txt"
     tok = build_tokenizer(None, corpus)
     # 49 symbols in train (README) plus <eos> and <unk>; <unk> of PTB is spelled out here.
     assert tok.vocab_size == 49 + 2
@@ -174,9 +166,9 @@ def test_ptb_char_loads_from_shared_dir(shared):
     assert metric_unit(corpus, ByteTokenizer()) == "byte"
 
 
-def test_tinyshakespeare_90_10_split(shared):
-    corpus = load_corpus("tinyshakespeare", shared, download=False)
-    raw = (shared / "tinyshakespeare" / "input.txt").read_bytes()
+def test_tinyshakespeare_90_10_split(shared_data):
+    corpus = load_corpus("tinyshakespeare", shared_data, download=False)
+    raw = (shared_data / "tinyshakespeare" / "input.txt").read_bytes()
     train, valid, test = (corpus.documents(s) for s in SPLITS)
     assert len(train) == len(valid) == 1
     assert len(train[0]) == 1_003_854 and len(valid[0]) == 111_540
@@ -221,9 +213,9 @@ def test_stdlib_split_is_deterministic_disjoint_and_follows_the_rule():
 # ---------------------------------------------------------------- lookup, verification, errors
 
 
-def test_lookup_order_data_dir_before_cache(shared, isolated, tmp_path, monkeypatch):
-    good = ts_copy(shared, tmp_path / "data")
-    bad = ts_copy(shared, isolated, flat=True)  # <cache>/input.txt: the flat layout is searched too
+def test_lookup_order_data_dir_before_cache(shared_data, isolated, tmp_path, monkeypatch):
+    good = ts_copy(shared_data, tmp_path / "data")
+    bad = ts_copy(shared_data, isolated, flat=True)  # <cache>/input.txt: the flat layout is searched too
     with open(bad, "r+b") as f:
         f.write(b"X")
     assert load_corpus("tinyshakespeare", tmp_path / "data").paths["input.txt"] == good
@@ -237,8 +229,8 @@ def test_lookup_order_data_dir_before_cache(shared, isolated, tmp_path, monkeypa
     assert load_corpus("tinyshakespeare", tmp_path / "data").paths["input.txt"] == good
 
 
-def test_checksum_mismatch_is_a_clear_error(shared, tmp_path):
-    path = ts_copy(shared, tmp_path)
+def test_checksum_mismatch_is_a_clear_error(shared_data, tmp_path):
+    path = ts_copy(shared_data, tmp_path)
     data = bytearray(path.read_bytes())
     data[1000] ^= 1
     path.write_bytes(data)
@@ -308,8 +300,8 @@ def test_empty_split_is_a_clear_error(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- downloads (file:// URLs)
 
 
-def test_download_plain_file_into_cache(shared, tmp_path, isolated, monkeypatch):
-    served = ts_copy(shared, tmp_path / "served")
+def test_download_plain_file_into_cache(shared_data, tmp_path, isolated, monkeypatch):
+    served = ts_copy(shared_data, tmp_path / "served")
     with_source(monkeypatch, "tinyshakespeare", served.as_uri())
     corpus = load_corpus("tinyshakespeare", tmp_path / "empty-data-dir")
     target = isolated / "tinyshakespeare" / "input.txt"
