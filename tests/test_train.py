@@ -158,7 +158,7 @@ def test_corrupt_checkpoint(trained_run, tmp_path, capsys, damage):
 
 
 def test_eval_generate_info(trained_run, capsys):
-    assert main(["eval", str(trained_run), "--split", "valid", "--max-tokens", "3000", "--mem-len", "40"]) == 0
+    assert main(["eval", str(trained_run), "--split", "valid", "--max-tokens", "3000", "--mem-len", "40", "--carry", "both"]) == 0
     out = capsys.readouterr().out
     assert "bits/char" in out and "3,000 tokens" in out and "mem_len 40" in out
     assert "state carried" in out and "empty state" in out

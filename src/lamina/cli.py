@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import math
 import os
 import sys
 import time
@@ -88,7 +89,7 @@ def _sample_text(model, tokenizer, prompt: bytes, context: int, args) -> None:
 def cmd_train(args) -> int:
     from lamina.config import apply_override, from_dict, load_config, Config
     from lamina.eval import format_metric
-    from lamina.train import load_checkpoint, train
+    from lamina.train import load_checkpoint, resolve_checkpoint, train
 
     preset, overrides = _split_args(args.items)
     if args.resume and args.overwrite:
@@ -96,17 +97,22 @@ def cmd_train(args) -> int:
     if args.resume:
         if preset:
             raise LaminaError("--resume continues a saved run with its own config; give overrides only")
-        data = load_checkpoint(args.resume).config.to_dict()
+        resume = resolve_checkpoint(args.resume)
+        data = load_checkpoint(resume).config.to_dict()
         for assignment in overrides:
             apply_override(data, assignment)
         cfg = from_dict(Config, data)
     else:
+        resume = None
         cfg = load_config(preset or "default", overrides)
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
-    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(f"final validation: {format_metric(result.unit, result.valid_nats)} "
-          f"(loss {result.valid_nats:.4f} nats/token) after {result.step} steps; run saved in {result.run_dir}")
+    result = train(cfg, resume=resume, overwrite=args.overwrite)
+    if result.valid_nats is None:
+        print(f"stopped at step {result.step}; run saved in {result.run_dir}")
+    else:
+        print(f"final validation: {format_metric(result.unit, result.valid_nats)} "
+              f"(loss {result.valid_nats:.4f} nats/token) after {result.step} steps; run saved in {result.run_dir}")
     if cfg.train.sample_tokens and not result.interrupted:
         print("--- sample ---")
         args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed = cfg.train.sample_tokens, 0.8, 0, 0.95, 0
@@ -127,6 +133,34 @@ def positive_list(text: str, option: str, kind: type = int) -> list:
     return values
 
 
+def bounded(kind: type = int, low: float | None = None, high: float | None = None, *, above: bool = False,
+            below: bool = False):
+    """An argparse type: a finite number of ``kind`` with ``low <= x <= high`` (``low < x`` with ``above``,
+    ``x < high`` with ``below``); a bad value is a one-line usage error naming the option."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        too_low = low is not None and (value <= low if above else value < low)
+        too_high = high is not None and (value >= high if below else value > high)
+        if too_low or too_high:
+            bounds = [f"{'>' if above else '>='} {low:g}"] if low is not None else []
+            bounds += [f"{'<' if below else '<='} {high:g}"] if high is not None else []
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(bounds)}, got {text}")
+        return value
+
+    parse.__name__ = "integer" if kind is int else "number"
+    return parse
+
+
+POSITIVE = bounded(int, 1)
+COUNT = bounded(int, 0)
+
+
 def _print_buckets(result, unit: str) -> None:
     from lamina.eval import format_metric
 
@@ -140,8 +174,6 @@ def _passkey(model, tokenizer, context: int, args) -> int:
     from lamina.eval import passkey_accuracy
 
     lengths = positive_list(args.passkey, "--passkey")
-    if args.passkey_trials < 1:
-        raise LaminaError(f"--passkey-trials must be at least 1, got {args.passkey_trials}")
     if tokenizer.name != "bytes":
         print(f"note: the passkey task is meant for byte models; this {tokenizer.name} model reads the key as <unk>")
     print(f"passkey retrieval, greedy, exact match; prefill in segments of {context} tokens with carried state")
@@ -297,9 +329,6 @@ def cmd_recall(args) -> int:
     from lamina.train import pick_device
 
     target, overrides = _split_args(args.items)
-    for option in ("epochs", "batch_size", "train_examples", "test_examples", "jobs"):
-        if getattr(args, option) < 1:
-            raise LaminaError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
     task = RecallTask(
         vocab_size=args.vocab_size, input_seq_len=args.seq_len, num_kv_pairs=args.kv_pairs, power_a=args.power_a,
         random_non_queries=not args.blank_non_queries, num_passes=args.passes,
@@ -343,8 +372,15 @@ def cmd_recall(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (``lamina eval: error: argument --top-p: ...``), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lamina", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="lamina", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model (default preset on the embedded stdlib corpus)")
@@ -358,11 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="bits per byte/char or perplexity of a checkpoint")
     p.add_argument("checkpoint", metavar="RUN")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    p.add_argument("--tgt-len", type=int, default=0, help="segment length (default: the training seq_len)")
-    p.add_argument("--mem-len", type=int, default=None, help="attention memory length (default: as trained)")
-    p.add_argument("--carry", choices=["both", "yes", "no"], default="both", help="carry state across segments")
-    p.add_argument("--batch-size", type=int, default=8, help="parallel streams")
-    p.add_argument("--max-tokens", type=int, default=0, help="score only the first N tokens (0: all)")
+    p.add_argument("--tgt-len", type=POSITIVE, help="segment length (default: the training seq_len)")
+    p.add_argument("--mem-len", type=COUNT, default=None, help="attention memory length (default: as trained)")
+    p.add_argument("--carry", choices=["yes", "no", "both"], default="yes",
+                   help="carry state across segments (default yes; both: score the split twice, with and without)")
+    p.add_argument("--batch-size", type=POSITIVE, default=8, help="parallel streams")
+    p.add_argument("--max-tokens", type=COUNT, default=0, help="score only the first N tokens (0: all)")
     p.add_argument(
         "--buckets", metavar="N,N,...",
         help="also report the loss per range of target positions: [0,N1), [N1,N2), ..., [Nk,end); a position is "
@@ -376,8 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of the corpus loss, passkey retrieval accuracy at these prompt lengths in tokens "
         "(Landmark Attention's task, meant for byte models; the prompt is read in --tgt-len segments with carried state)",
     )
-    p.add_argument("--passkey-trials", type=int, default=10, help="prompts per length (default 10)")
-    p.add_argument("--corrupt", type=float, default=0.0, metavar="RATE",
+    p.add_argument("--passkey-trials", type=POSITIVE, default=10, help="prompts per length (default 10)")
+    p.add_argument("--corrupt", type=bounded(float, 0, 1), default=0.0, metavar="RATE",
                    help="score the split with this fraction of characters corrupted by typing noise (e.g. 0.05)")
     p.add_argument("--seed", type=int, default=0, help="passkey prompts' and --corrupt noise's seed")
     p.add_argument("--data-dir")
@@ -388,10 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="RUN")
     p.add_argument("--prompt", default="", help="prompt text (any bytes)")
     p.add_argument("--prompt-file", help="read the prompt from a file")
-    p.add_argument("--max-new-tokens", type=int, default=300)
-    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
-    p.add_argument("--top-k", type=int, default=0, help="0: off")
-    p.add_argument("--top-p", type=float, default=1.0, help="1: off")
+    p.add_argument("--max-new-tokens", type=COUNT, default=300)
+    p.add_argument("--temperature", type=bounded(float, 0), default=0.8, help="0: greedy")
+    p.add_argument("--top-k", type=COUNT, default=0, help="0: off")
+    p.add_argument("--top-p", type=bounded(float, 0, 1, above=True), default=1.0, help="nucleus mass, 0 < P <= 1 (1: off)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_generate)
@@ -404,11 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="*", metavar="ARCH|key=value",
                    help="presets or mixer names (parameters matched to the first), then overrides for all")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--tokens", type=int, help="training tokens per architecture (default: a few CPU minutes)")
-    budget.add_argument("--minutes", type=float, help="training minutes per architecture instead of a token budget")
+    budget.add_argument("--tokens", type=POSITIVE, help="training tokens per architecture (default: a few CPU minutes)")
+    budget.add_argument("--minutes", type=bounded(float, 0, above=True), help="training minutes per architecture instead of a token budget")
     p.add_argument("--out", help="report directory (default: runs/compare-ARCH-ARCH...)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--width-multiple", type=int, default=32, help="matched widths are multiples of this (default 32)")
+    p.add_argument("--width-multiple", type=POSITIVE, default=32, help="matched widths are multiples of this (default 32)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("bench", help="training and decoding tokens/s and peak memory against context length")
@@ -416,34 +453,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", metavar="N,N,...",
                    help="context lengths (default 256,1024 on CPU; 256,1024,4096,16384,65536 on CUDA)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--d-model", type=int, help="model width (default 128 on CPU, 256 on CUDA)")
-    p.add_argument("--layers", type=int,
+    p.add_argument("--d-model", type=POSITIVE, help="model width (default 128 on CPU, 256 on CUDA)")
+    p.add_argument("--layers", type=POSITIVE,
                    help="layers of a mixer given by name; presets keep theirs (default 2 on CPU, 4 on CUDA)")
-    p.add_argument("--batch", type=int, help="training batch (default 4 on CPU, 8 on CUDA)")
-    p.add_argument("--decode-steps", type=int, default=32, help="timed single-token steps after the prefill")
-    p.add_argument("--repeats", type=int, default=3, help="timed training steps (after one warm-up)")
-    p.add_argument("--prefill-chunk", type=int, default=256, help="tokens per prefill segment (state carried)")
-    p.add_argument("--max-memory", type=float, metavar="GB",
+    p.add_argument("--batch", type=POSITIVE, help="training batch (default 4 on CPU, 8 on CUDA)")
+    p.add_argument("--decode-steps", type=POSITIVE, default=32, help="timed single-token steps after the prefill")
+    p.add_argument("--repeats", type=POSITIVE, default=3, help="timed training steps (after one warm-up)")
+    p.add_argument("--prefill-chunk", type=POSITIVE, default=256, help="tokens per prefill segment (state carried)")
+    p.add_argument("--max-memory", type=bounded(float, 0, above=True), metavar="GB",
                    help="per-item memory cap: an item past it is OOM (default on CPU: half the machine's memory)")
-    p.add_argument("--max-seconds", type=float, default=120.0, help="per-item time cap (default 120)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads per item (0: torch's default)")
+    p.add_argument("--max-seconds", type=bounded(float, 0, above=True), default=120.0, help="per-item time cap (default 120)")
+    p.add_argument("--threads", type=COUNT, default=0, help="CPU threads per item (0: torch's default)")
     p.add_argument("--out", help="output directory (default runs/bench-ARCH-ARCH...)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("recall", help="multi-query associative recall (Zoology's MQAR): train a small model, score it")
     p.add_argument("items", nargs="*", metavar="PRESET|MIXER|key=value",
                    help="a mixer's name (two layers of it, as in Zoology) or a preset, then overrides (default attn)")
-    p.add_argument("--vocab-size", type=int, default=64, help="keys from the lower half, values from the upper")
-    p.add_argument("--seq-len", type=int, default=32, help="tokens per example")
-    p.add_argument("--kv-pairs", type=int, default=4, help="key-value pairs per example, each queried once")
-    p.add_argument("--power-a", type=float, default=0.01, help="query gaps ~ power law with this a (1: uniform)")
-    p.add_argument("--passes", type=int, default=1, help="times the pairs are repeated before the queries")
+    p.add_argument("--vocab-size", type=POSITIVE, default=64, help="keys from the lower half, values from the upper")
+    p.add_argument("--seq-len", type=POSITIVE, default=32, help="tokens per example")
+    p.add_argument("--kv-pairs", type=POSITIVE, default=4, help="key-value pairs per example, each queried once")
+    p.add_argument("--power-a", type=bounded(float, 0, above=True), default=0.01, help="query gaps ~ power law with this a (1: uniform)")
+    p.add_argument("--passes", type=POSITIVE, default=1, help="times the pairs are repeated before the queries")
     p.add_argument("--blank-non-queries", action="store_true", help="fill non-query slots with 0, not random tokens")
-    p.add_argument("--train-examples", type=int, default=4000)
-    p.add_argument("--test-examples", type=int, default=500, help="held-out examples (seed + 10)")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--train-examples", type=POSITIVE, default=4000)
+    p.add_argument("--test-examples", type=POSITIVE, default=500, help="held-out examples (seed + 10)")
+    p.add_argument("--epochs", type=POSITIVE, default=4)
+    p.add_argument("--batch-size", type=POSITIVE, default=32)
+    p.add_argument("--lr", type=bounded(float, 0, above=True), default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shuffle-labels", action="store_true",
                    help="control: train on labels permuted across examples, so keys no longer predict values")
@@ -452,10 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", metavar="A,B,...", help="--sweep: mixers or presets (default: the one given, or attn)")
     p.add_argument("--widths", metavar="D,D,...", help="--sweep: model.d_model values (default 32,64)")
     p.add_argument("--lrs", metavar="LR,LR,...", help="--sweep: learning rates (default 1e-3,3e-3)")
-    p.add_argument("--jobs", type=int, default=1,
+    p.add_argument("--jobs", type=POSITIVE, default=1,
                    help="--sweep: runs trained at once in worker processes (several small models share a GPU)")
     p.add_argument("--out", metavar="DIR", help="--sweep: output directory (default runs/recall)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=COUNT, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_recall)
     return parser

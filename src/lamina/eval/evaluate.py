@@ -18,7 +18,7 @@ within its evaluation stream, into buckets of position ranges.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +26,13 @@ import torch.nn.functional as F
 
 from lamina.data import StreamBatcher
 from lamina.errors import LaminaError
+from lamina.progress import Progress
 
 POSITIONS = ("document", "stream")
+
+
+class EvalStopped(Exception):
+    """Raised between segments when the evaluation's ``stop`` callable asks it to stop (Ctrl-C, SIGTERM)."""
 
 
 @dataclass
@@ -82,24 +87,37 @@ def _segment_losses(
     device: torch.device,
     precision: str,
     name: str,
+    stop: Callable[[], bool] | None = None,
 ) -> Iterator[tuple[StreamBatcher, int, torch.Tensor, torch.Tensor]]:
-    """``(batcher, i, inputs, losses)`` per segment ``i``: inputs and per-target nats, ``[B, <= tgt_len]``, on CPU."""
+    """``(batcher, i, inputs, losses)`` per segment ``i``: inputs and per-target nats, ``[B, <= tgt_len]``, on CPU.
+
+    Progress is shown (see :class:`lamina.progress.Progress`); ``stop()`` is asked before every segment and
+    :class:`EvalStopped` raised when it says so."""
+    if batch_size < 1 or tgt_len < 1 or max_tokens < 0:
+        raise LaminaError(f"evaluation needs batch_size >= 1, tgt_len >= 1 and max_tokens >= 0 (0: all), "
+                          f"got {batch_size}, {tgt_len} and {max_tokens}")
     if max_tokens:
         tokens = tokens[: max_tokens + 1]
-    batch_size = max(1, min(batch_size, (len(tokens) - 1) // max(1, tgt_len)))
+    batch_size = max(1, min(batch_size, (len(tokens) - 1) // tgt_len))
     batcher = StreamBatcher(tokens, batch_size, tgt_len, drop_last=False, name=name)
     was_training = model.training
     model.eval()
     state = None
+    progress = Progress(len(batcher), f"scoring the {name}", unit="segment", tokens_per_unit=batch_size * tgt_len,
+                        leave=False)
     try:
         for i in range(len(batcher)):
+            if stop is not None and stop():
+                raise EvalStopped(f"stopped after {i} of {len(batcher)} segments of the {name}")
             x, y = batcher.segment(i)
             with torch.no_grad(), autocast_for(device, precision):
                 logits, new_state = model(x.to(device), state if carry else None)
                 losses = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="none")
             yield batcher, i, x, losses.view(y.shape).cpu()
             state = new_state
+            progress.update()
     finally:
+        progress.close()
         model.train(was_training)
 
 
@@ -115,12 +133,14 @@ def evaluate(
     device: torch.device | str = "cpu",
     precision: str = "auto",
     name: str = "evaluation split",
+    stop: Callable[[], bool] | None = None,
 ) -> EvalResult:
-    """Mean loss per token over ``tokens`` (the first ``max_tokens + 1`` of them if set)."""
+    """Mean loss per token over ``tokens`` (the first ``max_tokens + 1`` of them if set); ``stop`` as in
+    :func:`_segment_losses`."""
     total, count = 0.0, 0
     for _, _, _, losses in _segment_losses(
         model, tokens, batch_size=batch_size, tgt_len=tgt_len, carry=carry, max_tokens=max_tokens,
-        device=torch.device(device), precision=precision, name=name,
+        device=torch.device(device), precision=precision, name=name, stop=stop,
     ):
         total += losses.double().sum().item()
         count += losses.numel()

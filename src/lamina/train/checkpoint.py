@@ -7,6 +7,8 @@ scheduler, RNG states, step, data position, the carried state) and
 ``manifest.json`` with every file's size and sha256. A checkpoint is written
 under a temporary name and renamed into place, then ``latest`` is replaced
 atomically, so a crash at any moment leaves the previous checkpoint intact.
+Loading a run directory takes the checkpoint ``latest`` names, or, if that one
+is broken, the newest checkpoint that verifies (and says so).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,10 +76,35 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write ``run_dir/ckpt-<step>`` atomically, point ``latest`` at it, prune old ones."""
+    """Write ``run_dir/ckpt-<step>`` atomically, point ``latest`` at it, prune old ones.
+
+    A failed write (a full disk, say) removes what it wrote and is a LaminaError; the previous
+    checkpoint and ``latest`` are untouched."""
     run_dir.mkdir(parents=True, exist_ok=True)
     name = f"ckpt-{step:07d}"
     tmp = run_dir / f".{name}.tmp-{os.getpid()}"
+    try:
+        _write_checkpoint(tmp, step, config, tokenizer, model_state, trainer_state)
+        final = run_dir / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_text_atomic(run_dir / LATEST, name + "\n")
+        _fsync_dir(run_dir)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        run_dir.joinpath(f".{LATEST}.tmp-{os.getpid()}").unlink(missing_ok=True)
+        from lamina.train.run_dir import write_error
+
+        raise write_error(run_dir / name, err, "save the checkpoint") from None
+    old = sorted(p for p in run_dir.glob("ckpt-*") if p.is_dir() and p.name != name)
+    for stale in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def _write_checkpoint(tmp: Path, step: int, config: Config, tokenizer: dict, model_state: dict, trainer_state: dict) -> None:
+    """Every file of a checkpoint, with its manifest, into the fresh directory ``tmp`` (synced to disk)."""
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -91,32 +119,66 @@ def save_checkpoint(
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     _fsync_dir(tmp)
-    final = run_dir / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _write_text_atomic(run_dir / LATEST, name + "\n")
-    _fsync_dir(run_dir)
-    old = sorted(p for p in run_dir.glob("ckpt-*") if p.is_dir() and p.name != name)
-    for stale in old[: max(0, len(old) - (keep - 1))]:
-        shutil.rmtree(stale, ignore_errors=True)
-    return final
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory's latest checkpoint."""
+def _newest_first(run_dir: Path) -> list[Path]:
+    """The checkpoint ``latest`` names, then every ``ckpt-*`` directory, newest first."""
+    saved = sorted((p for p in run_dir.glob("ckpt-*") if p.is_dir()), reverse=True)
+    try:
+        named = (run_dir / LATEST).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        named = ""
+    first = [run_dir / named] if named and (run_dir / named) in saved else []
+    return first + [p for p in saved if p not in first]
+
+
+def _latest_problem(run_dir: Path) -> str:
+    latest = run_dir / LATEST
+    if not latest.is_file():
+        return f"{latest} is missing"
+    try:
+        named = latest.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        return f"{latest} is unreadable ({err})"
+    if not named:
+        return f"{latest} is empty"
+    if not (run_dir / named / MANIFEST).is_file():
+        return f"{latest} names {named}, which is missing or incomplete"
+    return ""
+
+
+def resolve_checkpoint(path: str | Path, note=None) -> Path:
+    """A verified checkpoint: ``path`` itself if it is a checkpoint directory, else the run directory's newest
+    intact one. The one ``latest`` names comes first; when it is broken (missing, empty, corrupt) the newest
+    checkpoint that verifies is used instead and ``note`` (default: a line on stderr) says so."""
     path = Path(path)
     if not path.exists():
         raise LaminaError(f"checkpoint {path} does not exist; give a run directory or a ckpt-* directory")
+    if not path.is_dir():
+        raise LaminaError(f"{path} is a file, not a lamina checkpoint or run directory; give a run directory")
     if (path / MANIFEST).is_file():
+        verify_checkpoint(path)
         return path
-    latest = path / LATEST
-    if latest.is_file():
-        target = path / latest.read_text(encoding="utf-8").strip()
-        if (target / MANIFEST).is_file():
-            return target
-        raise LaminaError(f"{latest} points at {target.name}, which is missing or incomplete")
-    raise LaminaError(f"{path} is not a lamina checkpoint (no {MANIFEST}) or run directory (no {LATEST})")
+    candidates = _newest_first(path)
+    if not candidates:
+        if (path / LATEST).exists():
+            raise LaminaError(f"{path} holds no checkpoint ({_latest_problem(path)} and there is no ckpt-* directory)")
+        raise LaminaError(f"{path} is not a lamina checkpoint (no {MANIFEST}) or run directory (no {LATEST})")
+    problems = [_latest_problem(path)] if _latest_problem(path) else []
+    for ckpt in candidates:
+        try:
+            verify_checkpoint(ckpt)
+        except LaminaError as err:
+            problems.append(str(err))
+            continue
+        if problems:
+            (note or _note)(f"{'; '.join(problems)}; using the newest intact checkpoint, {ckpt}")
+        return ckpt
+    raise LaminaError(f"{path} has no intact checkpoint: {'; '.join(problems)}")
+
+
+def _note(message: str) -> None:
+    print(f"lamina: note: {message}", file=sys.stderr)
 
 
 def verify_checkpoint(ckpt: Path) -> None:
@@ -124,7 +186,9 @@ def verify_checkpoint(ckpt: Path) -> None:
     try:
         manifest = json.loads((ckpt / MANIFEST).read_text(encoding="utf-8"))
         files = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        if not files or not all(isinstance(m, dict) and {"bytes", "sha256"} <= m.keys() for m in files.values()):
+            raise ValueError("it lists no files, or a file without its size and sha256")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise LaminaError(f"checkpoint {ckpt} has an unreadable {MANIFEST} ({err}); it is corrupt") from None
     for name, meta in files.items():
         f = ckpt / name
@@ -142,7 +206,6 @@ def verify_checkpoint(ckpt: Path) -> None:
 def load_checkpoint(path: str | Path, with_trainer_state: bool = False) -> Checkpoint:
     """Load and verify a checkpoint (optionally with the trainer state for resuming)."""
     ckpt = resolve_checkpoint(path)
-    verify_checkpoint(ckpt)
     try:
         config = config_from_yaml((ckpt / "config.yaml").read_text(encoding="utf-8"), str(ckpt / "config.yaml"))
         tokenizer = json.loads((ckpt / "tokenizer.json").read_text(encoding="utf-8"))

@@ -21,23 +21,23 @@ import math
 import random
 import shutil
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from lamina.config import Config
 from lamina.data import RandomWindows, StreamBatcher, build_tokenizer, encode_split, load_corpus, metric_unit, tokenizer_from_dict
 from lamina.errors import LaminaError
-from lamina.eval import autocast_for, evaluate, format_metric, metric_value
+from lamina.eval import EvalStopped, autocast_for, evaluate, format_metric, metric_value
 from lamina.eval.metrics import UNIT_METRIC
 from lamina.mixers import detach_state
 from lamina.models import build_model
-from lamina.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
+from lamina.progress import Progress
+from lamina.train.checkpoint import LATEST, Checkpoint, load_checkpoint, save_checkpoint
+from lamina.train.run_dir import RunDir, write_error
 
 
 @dataclass
@@ -52,11 +52,19 @@ class TrainResult:
 
 
 def pick_device(name: str) -> torch.device:
+    """``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N``; anything else is a LaminaError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise LaminaError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise LaminaError(f"train.device is {name} but CUDA is not available here; use device=cpu or auto")
+        raise LaminaError(f"the device is {name} but CUDA is not available here; use cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise LaminaError(f"the device is {name} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -132,17 +140,40 @@ def claim_run_dir(run_dir: Path, overwrite: bool) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def train(cfg: Config, resume: str | None = None, log=print, overwrite: bool = False) -> TrainResult:
+def run_dir_for(cfg: Config, resumed: Checkpoint | None) -> Path:
+    """Where a run writes: ``train.out_dir``, or ``runs/<preset>``; a resumed run writes into the run directory
+    it was resumed from (a copied run stays a copy) unless ``train.out_dir`` was changed from the saved one."""
+    out_dir = cfg.train.out_dir
+    if resumed is not None and (out_dir is None or out_dir == resumed.config.train.out_dir):
+        return resumed.path.parent
+    return Path(out_dir or f"runs/{cfg.preset}")
+
+
+def _eval_tokens(t, final: bool, trained_since: int) -> int:
+    """Tokens a validation scores (0: all): ``eval_tokens``, but a periodic one no more than were trained since
+    the previous one, so validation never dominates a short run; the final one is always whole."""
+    if final:
+        return t.eval_tokens
+    return min(t.eval_tokens, trained_since) if t.eval_tokens else trained_since
+
+
+def train(cfg: Config, resume: str | Path | None = None, log=print, overwrite: bool = False) -> TrainResult:
     """Train (or resume) a run described by ``cfg``; returns the final model and metrics.
 
-    A fresh run's directory must not hold another saved run unless ``overwrite`` (see :func:`claim_run_dir`)."""
+    The run directory (:func:`run_dir_for`) is locked for the whole run (:class:`RunDir`). A fresh run's
+    directory must not hold another saved run unless ``overwrite`` (see :func:`claim_run_dir`)."""
     t = cfg.train
     device = pick_device(t.device)
-    run_dir = Path(t.out_dir or f"runs/{cfg.preset}")
     ckpt = load_checkpoint(resume, with_trainer_state=True) if resume else None
-    if not ckpt:
-        claim_run_dir(run_dir, overwrite)
+    run_dir = run_dir_for(cfg, ckpt)
+    with RunDir(run_dir, log):
+        if not ckpt or run_dir != ckpt.path.parent:
+            claim_run_dir(run_dir, overwrite)
+        return _train(cfg, ckpt, run_dir, device, log)
 
+
+def _train(cfg: Config, ckpt: Checkpoint | None, run_dir: Path, device: torch.device, log) -> TrainResult:
+    t = cfg.train
     corpus = load_corpus(cfg.data.corpus, cfg.data.data_dir, cfg.data.download)
     log(corpus.describe())
     tokenizer = tokenizer_from_dict(ckpt.tokenizer) if ckpt else build_tokenizer(cfg.data.tokenizer, corpus)
@@ -179,7 +210,6 @@ def train(cfg: Config, resume: str | None = None, log=print, overwrite: bool = F
 
     forward = torch.compile(model) if t.compile else model
     metrics_file = run_dir / "metrics.jsonl"
-    run_dir.mkdir(parents=True, exist_ok=True)
 
     def save() -> Path:
         trainer_state = {
@@ -193,13 +223,17 @@ def train(cfg: Config, resume: str | None = None, log=print, overwrite: bool = F
         return save_checkpoint(run_dir, step, cfg, tokenizer.to_dict(), model.state_dict(), trainer_state, t.keep_checkpoints)
 
     def record(row: dict) -> None:
-        with open(metrics_file, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with open(metrics_file, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as err:
+            raise write_error(metrics_file, err, "write") from None
 
-    def run_eval() -> float:
+    def run_eval(max_tokens: int) -> float:
         result = evaluate(
             model, valid_tokens, batch_size=t.batch_size, tgt_len=t.seq_len, carry=t.carry_state,
-            max_tokens=t.eval_tokens, device=device, precision=t.precision, name=f"valid split of {cfg.data.corpus}",
+            max_tokens=max_tokens, device=device, precision=t.precision, name=f"valid split of {cfg.data.corpus}",
+            stop=lambda: stop.requested,
         )
         record({"step": step, "valid_loss": result.nats, "valid_tokens": result.tokens, "elapsed": time.time() - start})
         log(f"step {step}: valid {format_metric(unit, result.nats)} (loss {result.nats:.4f} nats/token, {result.tokens:,} tokens)")
@@ -207,8 +241,8 @@ def train(cfg: Config, resume: str | None = None, log=print, overwrite: bool = F
 
     start = time.time()
     valid_nats, interrupted = None, False
-    bar = tqdm(total=t.steps, initial=step, disable=not sys.stderr.isatty(), dynamic_ncols=True, unit="step")
-    window_tokens, window_start = 0, time.time()
+    progress = Progress(t.steps, "training", initial=step)
+    window_tokens, window_start, last_eval_step = 0, time.time(), step
     model.train()
     with _StopFlag() as stop:
         while step < t.steps:
@@ -223,9 +257,12 @@ def train(cfg: Config, resume: str | None = None, log=print, overwrite: bool = F
                 losses.append(F.cross_entropy(logits.float().flatten(0, 1), y.flatten()))
             loss = losses[0] if k == 1 else torch.stack(losses).mean()
             if not torch.isfinite(loss):
+                saved = sorted(run_dir.glob("ckpt-*"))
+                way_out = (f"then --resume {run_dir} from its last checkpoint ({saved[-1].name})" if saved
+                           else "then train again (no checkpoint was saved yet)")
                 raise LaminaError(
                     f"the loss became {loss.item()} at step {step + 1}; training stopped. "
-                    f"Lower train.lr or raise train.warmup_steps, then --resume {run_dir} from the last checkpoint"
+                    f"Lower train.lr or raise train.warmup_steps, {way_out}"
                 )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
@@ -235,18 +272,24 @@ def train(cfg: Config, resume: str | None = None, log=print, overwrite: bool = F
             state = detach_state(state)
             step += 1
             window_tokens += k * x.numel()
-            bar.update(1)
 
+            figures = {}
             if step % t.log_every == 0 or step == t.steps:
                 now = time.time()
                 tokens_per_s = window_tokens / max(now - window_start, 1e-9)
                 nats = loss.item()
                 record({"step": step, "loss": nats, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s, "elapsed": now - start})
-                bar.set_postfix({"loss": f"{nats:.3f}", UNIT_METRIC[unit]: f"{metric_value(unit, nats):.3f}", "tok/s": f"{tokens_per_s:,.0f}"})
+                figures = {"loss": f"{nats:.3f}", UNIT_METRIC[unit]: f"{metric_value(unit, nats):.3f}", "tok/s": f"{tokens_per_s:,.0f}"}
                 window_tokens, window_start = 0, now
+            progress.update(1, **figures)
             out_of_time = t.max_minutes is not None and time.time() - start > 60 * t.max_minutes
-            if step % t.eval_every == 0 or step == t.steps or out_of_time or stop.requested:
-                valid_nats = run_eval()
+            if not stop.requested and (step % t.eval_every == 0 or step == t.steps or out_of_time):
+                try:
+                    trained = (step - last_eval_step) * k * t.batch_size * t.seq_len
+                    valid_nats = run_eval(_eval_tokens(t, step == t.steps or out_of_time, trained))
+                    last_eval_step = step
+                except EvalStopped:
+                    valid_nats = None
             if step % t.save_every == 0 or step == t.steps or out_of_time or stop.requested:
                 path = save()
                 if stop.requested or out_of_time:
@@ -254,9 +297,9 @@ def train(cfg: Config, resume: str | None = None, log=print, overwrite: bool = F
                     log(f"{reason} at step {step}; saved {path}; continue with: lamina train --resume {run_dir}")
                     interrupted = stop.requested
                     break
-    bar.close()
-    if valid_nats is None:  # resumed a finished run
-        valid_nats = run_eval()
+    progress.close()
+    if valid_nats is None and not interrupted:  # resumed a finished run
+        valid_nats = run_eval(t.eval_tokens)
     return TrainResult(run_dir, step, valid_nats, unit, interrupted, model, tokenizer)
 
 
