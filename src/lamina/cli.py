@@ -500,10 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # overrides may follow options (lamina train PRESET --data-dir D key=value)
-    if extra and (not hasattr(args, "items") or any(e.startswith("-") for e in extra)):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:  # a usage error (one line, status 2) or --help (status 0) ends here, as a status, not an exception
+        args, extra = parser.parse_known_args(argv)
+        # overrides may follow options (lamina train PRESET --data-dir D key=value)
+        if extra and (not hasattr(args, "items") or any(e.startswith("-") for e in extra)):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as done:
+        return done.code
     if extra:
         args.items += extra
     try:

@@ -38,19 +38,20 @@ class Progress:
     """``total`` units of work named ``what``; ``update(n, **figures)`` after each piece.
 
     ``figures`` (loss, tokens/s, ...) are shown beside the count. ``tokens_per_unit`` adds a tokens/s figure.
+    ``show=False`` shows nothing (a worker whose caller reports instead).
     """
 
     def __init__(self, total: int, what: str, *, unit: str = "step", initial: int = 0, tokens_per_unit: int = 0,
-                 leave: bool = True, every: float | None = None, stream=None):
+                 leave: bool = True, every: float | None = None, stream=None, show: bool = True):
         self.total, self.what, self.unit, self.done, self.initial = total, what, unit, initial, initial
         self.shown = initial  # units done when the last plain line was printed
         self.tokens_per_unit = tokens_per_unit
         self.stream = stream or sys.stderr
-        self.every = _default_every() if every is None else every
+        self.every = math.inf if not show else _default_every() if every is None else every
         self.start = self.last_line = time.time()
         self.figures: dict[str, str] = {}
         self.bar = None
-        if self.stream.isatty():
+        if show and self.stream.isatty():
             self.bar = tqdm(total=total, initial=initial, desc=what, unit=unit, leave=leave, dynamic_ncols=True,
                             file=self.stream)
 

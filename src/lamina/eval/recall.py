@@ -28,6 +28,7 @@ from lamina.data.mqar import IGNORE, mqar
 from lamina.errors import LaminaError
 from lamina.eval.evaluate import autocast_for
 from lamina.plotting import pyplot
+from lamina.progress import Progress
 from lamina.models import build_model
 from lamina.train.trainer import lr_factor, make_optimizer
 
@@ -95,7 +96,7 @@ def recall_accuracy(model, inputs: torch.Tensor, labels: torch.Tensor, batch_siz
 
 
 def train_recall(cfg: Config, task: RecallTask, epochs: int, device: torch.device, seed: int = 0,
-                 shuffled: bool = False) -> RecallResult:
+                 shuffled: bool = False, progress: bool = True) -> RecallResult:
     """Train ``cfg.model`` on ``task``'s train examples for ``epochs`` and score its held-out accuracy.
 
     The optimiser is :func:`lamina.train.trainer.make_optimizer` with ``cfg.train`` (lr, betas, weight decay) and
@@ -103,7 +104,8 @@ def train_recall(cfg: Config, task: RecallTask, epochs: int, device: torch.devic
     ``cfg.train.batch_size``, reshuffled every epoch. ``shuffled`` trains on :func:`shuffle_labels` (a control).
     The examples move to ``device`` once, the forward pass runs under ``cfg.train.precision``'s autocast (bf16 on
     CUDA by default) with the loss in fp32, and the running loss stays on the device: a GPU step never waits for
-    the host to read a value back.
+    the host to read a value back. ``progress`` shows the steps (:class:`lamina.progress.Progress`); a sweep's
+    workers, which log each run as it ends instead, turn it off.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise LaminaError(f"epochs must be a positive integer, got {epochs!r}")
@@ -120,6 +122,7 @@ def train_recall(cfg: Config, task: RecallTask, epochs: int, device: torch.devic
     per_epoch = math.ceil(len(inputs) / train.batch_size)
     total = epochs * per_epoch
     step = 0
+    shown = Progress(total, "training on MQAR", show=progress)
     for _ in range(epochs):
         model.train()
         order = torch.randperm(len(inputs), generator=gen).to(device)
@@ -139,6 +142,8 @@ def train_recall(cfg: Config, task: RecallTask, epochs: int, device: torch.devic
             opt.step()
             loss_sum += loss.detach()
             step += 1
+            shown.update()
+    shown.close()
     test_inputs, test_labels = cached_examples(task, "test", seed)
     accuracy = recall_accuracy(model, test_inputs, test_labels, train.batch_size, device, train.precision)
     return RecallResult(accuracy, loss_sum.item() / per_epoch, recall_state_size(model, task),
@@ -196,7 +201,7 @@ def run_recall(run: RecallRun, overrides: list[str], epochs: int, batch_size: in
     """Train and score one run; ``overrides`` apply before the run's width."""
     cfg = recall_config(run.model, [*overrides, f"model.d_model={run.d_model}"])
     cfg.train = recall_train_config(cfg.train, run.lr, batch_size, epochs, run.task)
-    return train_recall(cfg, run.task, epochs, torch.device(device), seed)
+    return train_recall(cfg, run.task, epochs, torch.device(device), seed, progress=False)
 
 
 def _set_threads(threads: int) -> None:
