@@ -1,8 +1,10 @@
-"""Data: named corpora (found, downloaded, verified, split), tokenizers, and stream batching.
+"""Data: named corpora (found, downloaded, verified, split), your own files, tokenizers, and stream batching.
 
 The default corpus ``stdlib`` is this Python's own standard library, so
 training works with no download; benchmark corpora come from the registry in
-:mod:`lamina.data.corpora`.
+:mod:`lamina.data.corpora`; any other ``data.corpus`` is a file, directory or
+glob of your own files (:mod:`lamina.data.files`), and :func:`load_files`
+reads such files unsplit, for scoring.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from lamina.data.corpora import (
     cache_dir,
     corpus_names,
     load_corpus,
+    path_bucket,
     stdlib_split,
 )
+from lamina.data.files import SPLIT_RULE, canonical_corpus, find_files, load_files
 from lamina.data.tokenizers import ByteTokenizer, Tokenizer, WordTokenizer, tokenizer_from_dict
 from lamina.errors import LaminaError
 
@@ -63,6 +67,7 @@ __all__ = [
     "CORPORA",
     "DATA_DIR_ENV",
     "SPLITS",
+    "SPLIT_RULE",
     "TOKENIZERS",
     "ByteTokenizer",
     "Corpus",
@@ -76,10 +81,14 @@ __all__ = [
     "WordTokenizer",
     "build_tokenizer",
     "cache_dir",
+    "canonical_corpus",
     "corpus_names",
     "encode_split",
+    "find_files",
     "load_corpus",
+    "load_files",
     "metric_unit",
+    "path_bucket",
     "stdlib_split",
     "tokenizer_from_dict",
 ]

@@ -40,7 +40,7 @@ class StreamBatcher:
         if tokens.numel() < need:
             raise LaminaError(
                 f"{name} has {tokens.numel():,} tokens, too few for one segment of batch_size {batch_size} "
-                f"x seq_len {seq_len} (needs {need:,}); use a smaller batch_size or seq_len"
+                f"x seq_len {seq_len} (needs {need:,}); use a smaller batch_size or seq_len, or a bigger corpus"
             )
         self.batch_size = batch_size
         self.seq_len = seq_len
@@ -76,7 +76,8 @@ class RandomWindows:
     def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0, name: str = "the token stream"):
         if tokens.numel() < seq_len + 2:
             raise LaminaError(
-                f"{name} has {tokens.numel():,} tokens, too few for windows of seq_len {seq_len}; lower seq_len"
+                f"{name} has {tokens.numel():,} tokens, too few for windows of seq_len {seq_len} (needs {seq_len + 2:,}); "
+                "lower seq_len, or use a bigger corpus"
             )
         self.tokens, self.batch_size, self.seq_len, self.seed = tokens, batch_size, seq_len, seed
 

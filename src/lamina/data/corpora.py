@@ -6,6 +6,9 @@ and is otherwise downloaded into the cache. In a directory a file may sit at
 ``<dir>/<folder>/<file>`` or ``<dir>/<file>``. Every file is checked against
 its registered size and sha256 whenever it is loaded: a mismatch is an error,
 never silently used. The default corpus, ``stdlib``, needs no file at all.
+
+A name that is not registered is read as a path: a file, a directory or a
+glob of your own files (see :mod:`lamina.data.files`).
 """
 
 from __future__ import annotations
@@ -74,7 +77,9 @@ class CorpusSpec:
 
     ``split_rule`` is ``"files"`` (one file per split), ``"byte-range"`` (byte
     ranges of one file) or ``"path-hash"`` (stdlib: files assigned by a hash of
-    their path). ``tokenizer`` is the default tokenizer (``bytes``/``words``)
+    their path); a corpus of your own files is ``"byte-range"`` or
+    ``"path-hash"`` too, or ``"none"`` (every split is all of it, for
+    scoring). ``tokenizer`` is the default tokenizer (``bytes``/``words``)
     and ``unit`` the unit of the reported metric (``byte``: bits per byte,
     ``char``: bits per character, ``word``: perplexity).
     """
@@ -264,19 +269,22 @@ class Corpus:
     memory); for single-file corpora each split is one document.
     """
 
-    def __init__(self, spec: CorpusSpec, parts: dict[str, list[_Part]], paths: dict[str, Path], title: str):
+    def __init__(
+        self, spec: CorpusSpec, parts: dict[str, list[_Part]], paths: dict[str, Path], title: str, rule: str = ""
+    ):
         self.name = spec.name
         self.spec = spec
         self.unit = spec.unit
         self.default_tokenizer = spec.tokenizer
         self.paths = paths
         self.title = title
+        self.rule = rule
         self._parts = parts
         for split in SPLITS:
             if sum(p.end - p.start for p in parts[split]) == 0:
                 raise LaminaError(
                     f"the {split} split of corpus '{self.name}' is empty; "
-                    "check the corpus files, or choose another corpus with --corpus"
+                    "check the corpus files, or choose another corpus with data.corpus=NAME|PATH"
                 )
 
     def _split_parts(self, split: str) -> list[_Part]:
@@ -288,13 +296,19 @@ class Corpus:
         """The raw bytes of every document of ``split`` (``train``, ``valid`` or ``test``)."""
         docs = []
         for part in self._split_parts(split):
-            with open(part.path, "rb") as f:
-                f.seek(part.start)
-                docs.append(f.read(part.end - part.start))
+            try:
+                with open(part.path, "rb") as f:
+                    f.seek(part.start)
+                    docs.append(f.read(part.end - part.start))
+            except OSError as e:
+                why = "permission denied" if isinstance(e, PermissionError) else _one_line(e.strerror or e)
+                raise LaminaError(
+                    f"cannot read {part.path} of corpus '{self.name}' ({why}); make it readable, or leave it out"
+                ) from None
         return docs
 
     def document_names(self, split: str) -> list[str]:
-        """Names of the documents of ``split``: relative paths for ``stdlib``, file names otherwise."""
+        """Names of the documents of ``split``: relative paths for ``stdlib`` and your own files, else file names."""
         return [p.label for p in self._split_parts(split)]
 
     def _describe_split(self, split: str) -> str:
@@ -303,15 +317,22 @@ class Corpus:
         if split == "test" and parts == self._parts["valid"]:
             return "test = valid (no official test split)"
         if self.spec.split_rule == "path-hash":
-            return f"{split} {len(parts):,} files {size}"
+            return f"{split} {len(parts):,} file{'s' if len(parts) != 1 else ''} {size}"
         if self.spec.split_rule == "byte-range":
-            return f"{split} {size} ({', '.join(f'{p.label} bytes {p.start:,}-{p.end:,}' for p in parts)})"
+            shown = [f"{p.label} bytes {p.start:,}-{p.end:,}" for p in parts[:3]]
+            more = [f"{len(parts) - 3:,} more"] if len(parts) > 3 else []
+            return f"{split} {size} ({', '.join(shown + more)})"
         return f"{split} {size} ({', '.join(p.label for p in parts)})"
 
     def describe(self) -> str:
-        """One line of statistics: files and bytes per split (for ``stdlib`` also the Python version)."""
+        """One line of statistics: files and bytes per split (for ``stdlib`` also the Python version), and for
+        your own files the rule that split them."""
+        tail = f"tokenizer {self.default_tokenizer}, unit {self.unit}"
+        if self.spec.split_rule == "none":
+            return f"{self.title}: {self.rule}; {tail}"
         splits = "; ".join(self._describe_split(s) for s in SPLITS)
-        return f"{self.title}: {splits}; tokenizer {self.default_tokenizer}, unit {self.unit}"
+        rule = f"{self.rule}; " if self.rule else ""
+        return f"{self.title}: {rule}{splits}; {tail}"
 
     def __repr__(self) -> str:
         return f"Corpus({self.name!r})"
@@ -323,9 +344,14 @@ class Corpus:
 _STDLIB_EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages"})
 
 
+def path_bucket(relpath: str) -> int:
+    """0..99: the first 8 bytes (big-endian) of the sha256 of the relative POSIX path, mod 100."""
+    return int.from_bytes(hashlib.sha256(relpath.encode("utf-8")).digest()[:8], "big") % 100
+
+
 def stdlib_split(relpath: str) -> str:
-    """Split of a stdlib file: sha256 of its relative POSIX path, first 8 bytes (big-endian) mod 100."""
-    bucket = int.from_bytes(hashlib.sha256(relpath.encode("utf-8")).digest()[:8], "big") % 100
+    """Split of a stdlib file (or of one of your own): its :func:`path_bucket`, 0-89 train, 90-94 valid, else test."""
+    bucket = path_bucket(relpath)
     return "train" if bucket < 90 else "valid" if bucket < 95 else "test"
 
 
@@ -334,7 +360,8 @@ def _load_stdlib(spec: CorpusSpec) -> Corpus:
     if not root.is_dir():
         raise LaminaError(
             f"the standard-library folder {root} reported by sysconfig does not exist; "
-            "use a downloadable corpus instead, e.g. --corpus tinyshakespeare"
+            "use another corpus instead: a registered one (data.corpus=tinyshakespeare) or your own files "
+            "(data.corpus=PATH)"
         )
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -373,9 +400,24 @@ def _mismatch(path: Path, f: FileSpec) -> str | None:
 
 
 def _search_dirs(data_dir: str | os.PathLike | None) -> list[Path]:
-    given = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
+    """The data directory (argument, else ``$LAMINA_DATA_DIR``), if any, then the cache; a data directory that
+    is a file is an error."""
+    env = os.environ.get(DATA_DIR_ENV) or None
+    given = data_dir if data_dir is not None else env
     dirs = [Path(given).expanduser()] if given is not None else []
+    if dirs and dirs[0].exists() and not dirs[0].is_dir():
+        source = f"${DATA_DIR_ENV}" if data_dir is None else "data.data_dir or --data-dir"
+        raise LaminaError(
+            f"the data directory {dirs[0]} (from {source}) is a file, not a directory; point it at the folder "
+            "that holds the corpus folders, or leave it unset to use the download cache"
+        )
     return [*dirs, cache_dir()]
+
+
+def _dir_note(d: Path) -> str:
+    if d.is_dir():
+        return ""
+    return " (is a file, not a directory)" if d.exists() else " (does not exist)"
 
 
 def _candidates(spec: CorpusSpec, name: str, dirs: list[Path]) -> list[Path]:
@@ -479,7 +521,7 @@ def _missing_error(spec: CorpusSpec, missing: list[FileSpec], dirs: list[Path], 
         if any(n in names for n, _ in s.members)
     )
     searched = "; ".join(
-        f"{d / spec.folder} and {d}" + ("" if d.is_dir() else " (does not exist)") for d in dirs
+        f"{d / spec.folder} and {d}" + _dir_note(d) for d in dirs
     )
     return LaminaError(
         f"corpus '{spec.name}' is missing {', '.join(sorted(names))} (searched {searched}) and {reason}; "
@@ -521,10 +563,16 @@ def _load_files(spec: CorpusSpec, data_dir: str | os.PathLike | None, download: 
 
 
 def load_corpus(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> Corpus:
-    """Find (or download), verify and index the corpus ``name``; ``data_dir`` overrides ``$LAMINA_DATA_DIR``."""
+    """Find (or download), verify and index the corpus ``name``; ``data_dir`` overrides ``$LAMINA_DATA_DIR``.
+
+    A registered name wins; any other name is a file, directory or glob of your own files, split by the rule
+    of :mod:`lamina.data.files` (``data_dir`` and ``download`` do not apply to it).
+    """
     spec = CORPORA.get(name)
     if spec is None:
-        raise LaminaError(f"unknown corpus {name!r}; registered corpora: {', '.join(corpus_names())}")
+        from lamina.data.files import load_user_corpus
+
+        return load_user_corpus(name)
     if spec.split_rule == "path-hash":
         return _load_stdlib(spec)
     return _load_files(spec, data_dir, download)
