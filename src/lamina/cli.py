@@ -1,7 +1,7 @@
 """The ``lamina`` command: train, eval, generate, info, compare, bench, recall.
 
     lamina train [PRESET|FILE.yaml] [key=value ...] [--resume RUN | --overwrite]
-    lamina eval RUN [--split test] [--tgt-len N] [--mem-len N] [--carry both|yes|no] [--buckets N,N,...] [--corrupt RATE]
+    lamina eval RUN [--split test | --file PATH] [--tgt-len N] [--mem-len N] [--carry both|yes|no] [--buckets N,N,...] [--corrupt RATE]
     lamina eval RUN --passkey LEN,LEN,... [--passkey-trials N]
     lamina generate RUN [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
     lamina info [RUN|PRESET] [key=value ...]
@@ -184,10 +184,13 @@ def _passkey(model, tokenizer, context: int, args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from lamina.data import encode_split, load_corpus, metric_unit
+    from lamina.data import encode_split, load_corpus, load_files, metric_unit
     from lamina.eval import evaluate, format_metric, loss_by_position
     from lamina.train import load_model, pick_device
 
+    if args.file and args.split:
+        raise LaminaError("--file scores every byte of the files given; --split belongs to the run's own corpus")
+    split = args.split or "test"
     edges = positive_list(args.buckets, "--buckets") if args.buckets else None
     device = pick_device(args.device)
     model, tokenizer, cfg = load_model(args.checkpoint, device)
@@ -195,25 +198,32 @@ def cmd_eval(args) -> int:
     if args.passkey:
         with model.memory(mem_len=args.mem_len):
             return _passkey(model, tokenizer, tgt_len, args)
-    corpus = load_corpus(cfg.data.corpus, args.data_dir or cfg.data.data_dir, cfg.data.download)
+    if args.file:
+        corpus, what = load_files(args.file), f"files {args.file}"
+    else:
+        corpus, what = load_corpus(cfg.data.corpus, args.data_dir or cfg.data.data_dir, cfg.data.download), \
+            f"{split} split of {cfg.data.corpus}"
     if args.corrupt:
         from lamina.data.noise import corrupt
 
         documents = [corrupt(doc, args.corrupt, seed=args.seed * 1_000_003 + i)
-                     for i, doc in enumerate(corpus.documents(args.split))]
+                     for i, doc in enumerate(corpus.documents(split))]
         tokens = tokenizer.encode_documents(documents)
-        print(f"scoring the {args.split} split with {args.corrupt:.1%} of its characters corrupted "
+        print(f"scoring the {what} with {args.corrupt:.1%} of its characters corrupted "
               f"(keyboard-neighbour substitutions, drops, doubles, swaps; seed {args.seed})")
     else:
-        tokens = encode_split(tokenizer, corpus, args.split)
+        tokens = encode_split(tokenizer, corpus, split)
     unit = metric_unit(corpus, tokenizer)
     modes = [True, False] if args.carry == "both" else [args.carry == "yes"]
+    scored = min(len(tokens) - 1, args.max_tokens or len(tokens))
+    print(f"scoring {scored:,} tokens of the {what}{' twice' if len(modes) == 2 else ''} "
+          f"in {args.batch_size} streams of {tgt_len}-token segments on {device}")
     with model.memory(mem_len=args.mem_len):
         mems = sorted(set(m.mem_len for m in model.memory_layers()))
         for carry in modes:
             common = dict(
                 batch_size=args.batch_size, tgt_len=tgt_len, carry=carry, max_tokens=args.max_tokens,
-                device=device, precision=cfg.train.precision, name=f"{args.split} split of {cfg.data.corpus}",
+                device=device, precision=cfg.train.precision, name=what,
             )
             if edges:
                 buckets = loss_by_position(model, tokens, edges, eos_id=tokenizer.eos_id, positions=args.positions, **common)
@@ -222,7 +232,8 @@ def cmd_eval(args) -> int:
                 result = evaluate(model, tokens, **common)
             how = "state carried across segments" if carry else "each segment from an empty state"
             mem = f", mem_len {mems[0] if len(mems) == 1 else mems}" if mems else ""
-            print(f"{cfg.data.corpus} {args.split}: {format_metric(unit, result.nats)} "
+            label = args.file if args.file else f"{cfg.data.corpus} {split}"
+            print(f"{label}: {format_metric(unit, result.nats)} "
                   f"(loss {result.nats:.4f} nats/token) over {result.tokens:,} tokens; tgt_len {tgt_len}{mem}; {how}")
             if edges:
                 print(f"  by position within {'document' if args.positions == 'document' else 'evaluation stream'}:")
@@ -393,7 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="bits per byte/char or perplexity of a checkpoint")
     p.add_argument("checkpoint", metavar="RUN")
-    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--split", choices=["train", "valid", "test"], help="the run's corpus split to score (default test)")
+    p.add_argument("--file", metavar="PATH",
+                   help="score every byte of your own files instead: a file, a directory (recursively) or a glob")
     p.add_argument("--tgt-len", type=POSITIVE, help="segment length (default: the training seq_len)")
     p.add_argument("--mem-len", type=COUNT, default=None, help="attention memory length (default: as trained)")
     p.add_argument("--carry", choices=["yes", "no", "both"], default="yes",

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from lamina.config import Config
-from lamina.data import RandomWindows, StreamBatcher, build_tokenizer, encode_split, load_corpus, metric_unit, tokenizer_from_dict
+from lamina.data import RandomWindows, canonical_corpus, StreamBatcher, build_tokenizer, encode_split, load_corpus, metric_unit, tokenizer_from_dict
 from lamina.errors import LaminaError
 from lamina.eval import EvalStopped, autocast_for, evaluate, format_metric, metric_value
 from lamina.eval.metrics import UNIT_METRIC
@@ -164,6 +164,7 @@ def train(cfg: Config, resume: str | Path | None = None, log=print, overwrite: b
     directory must not hold another saved run unless ``overwrite`` (see :func:`claim_run_dir`)."""
     t = cfg.train
     device = pick_device(t.device)
+    cfg.data.corpus = canonical_corpus(cfg.data.corpus)  # a path is saved absolute: eval finds it from anywhere
     ckpt = load_checkpoint(resume, with_trainer_state=True) if resume else None
     run_dir = run_dir_for(cfg, ckpt)
     with RunDir(run_dir, log):
