@@ -512,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # a log file or a pipe sees each line as it is printed
     parser = build_parser()
     try:  # a usage error (one line, status 2) or --help (status 0) ends here, as a status, not an exception
         args, extra = parser.parse_known_args(argv)
