@@ -243,6 +243,11 @@ def test_unknown_name_lists_the_corpora_and_says_a_path_works(tmp_path):
     assert f"{tmp_path / 'missing' / 'notes.txt'} does not exist" in msg
 
 
+def test_an_empty_name_reads_nothing(tmp_path):
+    assert "data.corpus is empty" in one_line_error(lambda: load_corpus(""))
+    assert "the path is empty" in one_line_error(lambda: load_files(" "))
+
+
 def test_a_glob_matching_nothing(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_bytes(b"a\n")

@@ -201,6 +201,9 @@ def find_files(path: str | os.PathLike, as_corpus: bool = False) -> FileSet:
     something that is not a regular file, and a file or folder that cannot be read. ``as_corpus``: ``path``
     came from ``data.corpus``, so the error for a missing path also lists the registered corpora.
     """
+    if not os.fspath(path).strip():
+        what = "data.corpus" if as_corpus else "the path"
+        raise LaminaError(f"{what} is empty; give a registered corpus name, or a file, a directory or a glob")
     given = canonical_path(path)
     literal = given.rstrip(os.sep) or os.sep
     found: dict[str, Path] = {}
