@@ -13,9 +13,9 @@ TOKENS = 4 * 32 * 6  # six steps of 4x32 tokens
 
 
 @pytest.fixture
-def small(shared_data):
+def small(text_corpus):
     return ["model.d_model=32", "train.batch_size=4", "train.seq_len=32", "train.eval_tokens=1024",
-            "data.corpus=tinyshakespeare", f"data.data_dir={shared_data}", "model.mixers={attn: {heads: 2}}"]
+            f"data.corpus={text_corpus}", "model.mixers={attn: {heads: 2}}"]
 
 
 def test_report_directory(small, tmp_path, capsys, one_thread):
@@ -25,7 +25,7 @@ def test_report_directory(small, tmp_path, capsys, one_thread):
     assert code == 0
     report = (out / "report.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| architecture"))
-    for column in ("parameters", "state (floats/sequence)", "valid bpc", "train tokens/s", "peak memory (MiB)",
+    for column in ("parameters", "state (floats/sequence)", "valid bpb", "train tokens/s", "peak memory (MiB)",
                    "generate tokens/s"):
         assert column in header
     rows = [line for line in report.splitlines() if line.startswith(("| hgrn", "| attn", "| gru"))]

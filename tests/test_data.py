@@ -1,7 +1,9 @@
 """Tests of lamina.data: tokenizers, the corpus registry (lookup, verification, download), stream batching.
 
 Real corpora are read from the shared benchmark copies (never copied into the
-repository); downloads are tested with file:// URLs of temporary files.
+repository; their tests are skipped without them); lookup, verification and
+downloads are tested on a small corpus the tests make and register, with
+file:// URLs of temporary files.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import hashlib
 import io
 import os
 import platform
-import shutil
 import sysconfig
 import tarfile
 import zipfile
@@ -40,9 +41,9 @@ from lamina.data import (
 )
 from lamina.errors import LaminaError
 
-TS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 TS_URL = CORPORA["tinyshakespeare"].sources[0].url
 UNREACHABLE = "http://127.0.0.1:9/x"
+TOY_URL = "https://example.org/toy/input.txt"
 
 
 @pytest.fixture(autouse=True)
@@ -59,11 +60,30 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def ts_copy(shared_data: Path, dest_dir: Path, flat: bool = False) -> Path:
-    """A copy of tinyshakespeare/input.txt (1.1 MB) under dest_dir."""
-    dest = dest_dir / "input.txt" if flat else dest_dir / "tinyshakespeare" / "input.txt"
+TOY_TEXT = b"".join(b"line %d of a small corpus the tests register\n" % i for i in range(2000))
+TOY_SHA256 = sha256(TOY_TEXT)
+
+
+@pytest.fixture
+def toy(monkeypatch) -> CorpusSpec:
+    """``toy``, registered like Tiny Shakespeare (one file ``input.txt``, byte ranges, a plain download)."""
+    end = len(TOY_TEXT) * 9 // 10
+    spec = CorpusSpec(
+        name="toy", folder="toy", files=(FileSpec("input.txt", len(TOY_TEXT), TOY_SHA256),),
+        sources=(Source(TOY_URL, (("input.txt", ""),)),), split_rule="byte-range",
+        splits=(SplitPart("train", "input.txt", 0, end), SplitPart("valid", "input.txt", end, None),
+                SplitPart("test", "input.txt", end, None)),
+        tokenizer="bytes", unit="byte",
+    )
+    monkeypatch.setitem(CORPORA, "toy", spec)
+    return spec
+
+
+def toy_copy(dest_dir: Path, flat: bool = False) -> Path:
+    """A good copy of the toy corpus file under dest_dir (in its folder unless ``flat``)."""
+    dest = dest_dir / "input.txt" if flat else dest_dir / "toy" / "input.txt"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(shared_data / "tinyshakespeare" / "input.txt", dest)
+    dest.write_bytes(TOY_TEXT)
     return dest
 
 
@@ -213,32 +233,32 @@ def test_stdlib_split_is_deterministic_disjoint_and_follows_the_rule():
 # ---------------------------------------------------------------- lookup, verification, errors
 
 
-def test_lookup_order_data_dir_before_cache(shared_data, isolated, tmp_path, monkeypatch):
-    good = ts_copy(shared_data, tmp_path / "data")
-    bad = ts_copy(shared_data, isolated, flat=True)  # <cache>/input.txt: the flat layout is searched too
+def test_lookup_order_data_dir_before_cache(toy, isolated, tmp_path, monkeypatch):
+    good = toy_copy(tmp_path / "data")
+    bad = toy_copy(isolated, flat=True)  # <cache>/input.txt: the flat layout is searched too
     with open(bad, "r+b") as f:
         f.write(b"X")
-    assert load_corpus("tinyshakespeare", tmp_path / "data").paths["input.txt"] == good
+    assert load_corpus("toy", tmp_path / "data").paths["input.txt"] == good
     monkeypatch.setenv("LAMINA_DATA_DIR", str(tmp_path / "data"))
-    assert load_corpus("tinyshakespeare").paths["input.txt"] == good
+    assert load_corpus("toy").paths["input.txt"] == good
     monkeypatch.setenv("LAMINA_DATA_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(LaminaError, match="input.txt") as e:  # falls through to the corrupt cached copy
-        load_corpus("tinyshakespeare")
+        load_corpus("toy")
     assert str(bad) in str(e.value)
     # the argument beats the environment
-    assert load_corpus("tinyshakespeare", tmp_path / "data").paths["input.txt"] == good
+    assert load_corpus("toy", tmp_path / "data").paths["input.txt"] == good
 
 
-def test_checksum_mismatch_is_a_clear_error(shared_data, tmp_path):
-    path = ts_copy(shared_data, tmp_path)
+def test_checksum_mismatch_is_a_clear_error(toy, tmp_path):
+    path = toy_copy(tmp_path)
     data = bytearray(path.read_bytes())
-    data[1000] ^= 1
+    data[1000] ^= 1  # the right size, one bit wrong
     path.write_bytes(data)
     with pytest.raises(LaminaError) as e:
-        load_corpus("tinyshakespeare", tmp_path, download=True)
+        load_corpus("toy", tmp_path, download=True)
     msg = str(e.value)
     assert "\n" not in msg
-    for part in ("tinyshakespeare", str(path), TS_SHA256, sha256(bytes(data)), "delete"):
+    for part in ("toy", str(path), TOY_SHA256, sha256(bytes(data)), "delete"):
         assert part in msg
 
 
@@ -300,28 +320,28 @@ def test_empty_split_is_a_clear_error(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- downloads (file:// URLs)
 
 
-def test_download_plain_file_into_cache(shared_data, tmp_path, isolated, monkeypatch):
-    served = ts_copy(shared_data, tmp_path / "served")
-    with_source(monkeypatch, "tinyshakespeare", served.as_uri())
-    corpus = load_corpus("tinyshakespeare", tmp_path / "empty-data-dir")
-    target = isolated / "tinyshakespeare" / "input.txt"
+def test_download_plain_file_into_cache(toy, tmp_path, isolated, monkeypatch):
+    served = toy_copy(tmp_path / "served")
+    with_source(monkeypatch, "toy", served.as_uri())
+    corpus = load_corpus("toy", tmp_path / "empty-data-dir")
+    target = isolated / "toy" / "input.txt"
     assert corpus.paths["input.txt"] == target
     assert target.read_bytes() == served.read_bytes()
     assert leftovers(isolated) == []
     # found in the cache from now on, with no network
-    with_source(monkeypatch, "tinyshakespeare", UNREACHABLE)
-    assert load_corpus("tinyshakespeare", download=False).paths["input.txt"] == target
+    with_source(monkeypatch, "toy", UNREACHABLE)
+    assert load_corpus("toy", download=False).paths["input.txt"] == target
 
 
-def test_corrupt_download_is_not_installed(tmp_path, isolated, monkeypatch):
+def test_corrupt_download_is_not_installed(toy, tmp_path, isolated, monkeypatch):
     served = tmp_path / "input.txt"
-    served.write_bytes(b"not shakespeare\n")
-    with_source(monkeypatch, "tinyshakespeare", served.as_uri())
+    served.write_bytes(b"not the toy corpus\n")
+    with_source(monkeypatch, "toy", served.as_uri())
     with pytest.raises(LaminaError) as e:
-        load_corpus("tinyshakespeare")
+        load_corpus("toy")
     msg = str(e.value)
-    assert served.as_uri() in msg and TS_SHA256 in msg and sha256(b"not shakespeare\n") in msg
-    assert not (isolated / "tinyshakespeare" / "input.txt").exists() and leftovers(isolated) == []
+    assert served.as_uri() in msg and TOY_SHA256 in msg and sha256(b"not the toy corpus\n") in msg
+    assert not (isolated / "toy" / "input.txt").exists() and leftovers(isolated) == []
 
 
 @pytest.mark.parametrize("kind", ["zip", "tar.gz"])

@@ -258,7 +258,7 @@ def test_train_eval_generate_resume_through_the_cli(tmp_path, capsys):
     assert "encoder (1): attn" in capsys.readouterr().out
 
 
-def test_word_tokenizer_is_refused(shared_data, tmp_path, capsys):
-    args = ["train", "hat", *CLI_SMALL, "data.corpus=ptb", f"data.data_dir={shared_data}", f"train.out_dir={tmp_path}"]
+def test_word_tokenizer_is_refused(word_corpus, tmp_path, capsys):
+    args = ["train", "hat", *CLI_SMALL, *word_corpus, f"train.out_dir={tmp_path}"]
     assert main(args) == 2
     assert "needs the byte tokenizer" in capsys.readouterr().err

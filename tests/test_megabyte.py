@@ -193,8 +193,8 @@ def test_python_mapping_and_masks_rejected():
         model(ids, valid=torch.ones(1, 5, dtype=torch.bool))
 
 
-def test_words_corpus_is_refused_at_training(tmp_path, shared_data, capsys):
-    args = ["train", "megabyte", "data.corpus=ptb", f"data.data_dir={shared_data}", "data.tokenizer=null",
+def test_words_corpus_is_refused_at_training(tmp_path, word_corpus, capsys):
+    args = ["train", "megabyte", *word_corpus, "data.tokenizer=null",
             "train.steps=1", f"train.out_dir={tmp_path / 'run'}"]
     assert main(args) == 2
     assert "data.tokenizer=bytes" in capsys.readouterr().err

@@ -98,14 +98,14 @@ def test_cli_passkey_and_buckets(trained_run, capsys):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, shared_data):
+def trained_run(tmp_path_factory, text_corpus):
     from conftest import TINY
 
     from lamina.config import load_config
     from lamina.train import train
 
     out = tmp_path_factory.mktemp("trained") / "run"
-    cfg = load_config("default", TINY + ["data.corpus=tinyshakespeare", f"data.data_dir={shared_data}",
-                                         f"train.out_dir={out}", "train.steps=4", "train.save_every=4"])
+    cfg = load_config("default", TINY + [f"data.corpus={text_corpus}", f"train.out_dir={out}", "train.steps=4",
+                                         "train.save_every=4"])
     train(cfg, log=lambda *_: None)
     return out

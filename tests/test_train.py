@@ -21,7 +21,8 @@ def test_train_learns_and_saves(tiny, tmp_path):
     cfg = load_config("default", tiny + ["train.steps=60", "train.eval_every=30", "train.save_every=30"])
     result = train(cfg, log=lambda *_: None)
     assert result.step == 60
-    assert result.valid_nats < 0.75 * torch.log(torch.tensor(257.0)).item()  # well below a uniform guess
+    # well below a uniform guess: three seeds gave 0.53 of it on the Python text (0.62 on Tiny Shakespeare)
+    assert result.valid_nats < 0.65 * torch.log(torch.tensor(257.0)).item()
     run = Path(cfg.train.out_dir)
     assert (run / "latest").read_text().strip() == "ckpt-0000060"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -102,19 +103,17 @@ def test_bad_config_one_line(tiny, capsys, extra, words):
         assert word in err
 
 
-def test_missing_corpus_offline(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("LAMINA_DATA_DIR", raising=False)
+def test_missing_corpus_offline(tmp_path, capsys):
     err = _error_line(capsys, ["train", "data.corpus=ptb", f"data.data_dir={tmp_path}", "data.download=false"])
     assert "ptb" in err and "ptb.train.txt" in err
 
 
-def test_checksum_mismatch(tiny, tmp_path, shared_data, capsys):
+def test_checksum_mismatch(tiny, tmp_path, capsys):
     bad = tmp_path / "data" / "tinyshakespeare"
     bad.mkdir(parents=True)
-    text = (shared_data / "tinyshakespeare" / "input.txt").read_bytes()
-    (bad / "input.txt").write_bytes(text[:-1] + b"?")
-    err = _error_line(capsys, ["train", *tiny, f"data.data_dir={tmp_path / 'data'}", "data.download=false"])
+    (bad / "input.txt").write_bytes(b"?" * 1_115_394)  # the right size, the wrong bytes
+    err = _error_line(capsys, ["train", *tiny, "data.corpus=tinyshakespeare", f"data.data_dir={tmp_path / 'data'}",
+                               "data.download=false"])
     assert "sha256" in err and "input.txt" in err
 
 
@@ -122,17 +121,18 @@ def test_empty_corpus_file(tiny, tmp_path, capsys):
     empty = tmp_path / "data" / "tinyshakespeare"
     empty.mkdir(parents=True)
     (empty / "input.txt").write_bytes(b"")
-    err = _error_line(capsys, ["train", *tiny, f"data.data_dir={tmp_path / 'data'}", "data.download=false"])
+    err = _error_line(capsys, ["train", *tiny, "data.corpus=tinyshakespeare", f"data.data_dir={tmp_path / 'data'}",
+                               "data.download=false"])
     assert "empty" in err and "input.txt" in err
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, shared_data):
+def trained_run(tmp_path_factory, text_corpus):
     from conftest import TINY
 
     out = tmp_path_factory.mktemp("trained") / "run"
-    cfg = load_config("default", TINY + ["data.corpus=tinyshakespeare", f"data.data_dir={shared_data}",
-                                         f"train.out_dir={out}", "train.steps=20", "train.save_every=20"])
+    cfg = load_config("default", TINY + [f"data.corpus={text_corpus}", f"train.out_dir={out}", "train.steps=20",
+                                         "train.save_every=20"])
     train(cfg, log=lambda *_: None)
     return out
 
@@ -160,7 +160,7 @@ def test_corrupt_checkpoint(trained_run, tmp_path, capsys, damage):
 def test_eval_generate_info(trained_run, capsys):
     assert main(["eval", str(trained_run), "--split", "valid", "--max-tokens", "3000", "--mem-len", "40", "--carry", "both"]) == 0
     out = capsys.readouterr().out
-    assert "bits/char" in out and "3,000 tokens" in out and "mem_len 40" in out
+    assert "bits/byte" in out and "3,000 tokens" in out and "mem_len 40" in out
     assert "state carried" in out and "empty state" in out
     prompt = "ROMEO:\n".encode() + b"\xff\xfe"  # not valid UTF-8: taken as bytes
     assert main(["generate", str(trained_run), "--prompt", os.fsdecode(prompt), "--max-new-tokens", "40", "--seed", "1"]) == 0
