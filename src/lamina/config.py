@@ -3,41 +3,175 @@
 A run is described by :class:`Config` (``model``, ``data``, ``train``). Presets
 are YAML files shipped in ``lamina/presets``; ``key=value`` overrides use dotted
 paths (``train.steps=100``, ``model.layers=[hgrn,hgrn,attn]``) and values are
-read as YAML. Unknown keys, wrong types and values outside a fixed set are
-:class:`~lamina.errors.LaminaError` messages that name the key and what is
-allowed.
+read as YAML. Unknown keys, wrong types, values outside a fixed set and numbers
+outside a field's bounds are :class:`~lamina.errors.LaminaError` messages that
+name the key, the value, what is allowed and what to set instead. They are
+raised while the config is built, before a corpus is read or a model allocated.
+
+A numeric field states its bounds where it is declared (:func:`bounded`), and
+one routine (:func:`check_values`) checks every dataclass against them, the
+mixers' ``Options`` included (:mod:`lamina.mixers.base` declares theirs). A
+float field never takes NaN or an infinity.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
 
 from lamina.errors import LaminaError
+
+# --------------------------------------------------------------------------- bounds
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The numbers a field allows: at least ``ge`` (or more than ``gt``), at most ``le`` (or less than ``lt``).
+
+    ``note`` says what a special value means (``"0: the whole validation split"``). NaN and the infinities are
+    never allowed in a float field.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    note: str = ""
+
+    def allows(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        return not (
+            (self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt)
+            or (self.le is not None and value > self.le) or (self.lt is not None and value >= self.lt)
+        )
+
+    def describe(self, name: str, integer: bool, optional: bool) -> str:
+        """``"an integer >= 1"``, ``"a finite number with 0 <= beta1 < 1"``, ``"... or null"``, then the note."""
+        kind = "an integer" if integer else "a finite number"
+        low = (">=", self.ge) if self.ge is not None else (">", self.gt) if self.gt is not None else None
+        high = ("<=", self.le) if self.le is not None else ("<", self.lt) if self.lt is not None else None
+        if low and high:
+            flip = {">=": "<=", ">": "<"}[low[0]]
+            text = f"{kind} with {_number(low[1])} {flip} {name} {high[0]} {_number(high[1])}"
+        elif low or high:
+            op, limit = low or high
+            text = f"{kind} {op} {_number(limit)}"
+        else:
+            text = kind
+        if optional:
+            text += " or null"
+        return f"{text} ({self.note})" if self.note else text
+
+
+NO_BOUNDS = Bounds()
+
+
+def bounded(default: Any, *, ge=None, gt=None, le=None, lt=None, note: str = "") -> Any:
+    """A dataclass field with ``default`` whose value must lie within the given :class:`Bounds`."""
+    return field(default=default, metadata={"bounds": Bounds(ge, gt, le, lt, note)})
+
+
+_DECLARED: dict[type, dict[str, Bounds]] = {}
+
+
+def declare_bounds(cls: type, bounds: dict[str, Bounds]) -> None:
+    """Bounds for fields of dataclass ``cls`` declared elsewhere than on the field (the mixers' ``Options``,
+    by option name, in :mod:`lamina.mixers.base`). A bound given on the field itself wins."""
+    _DECLARED.setdefault(cls, {}).update(bounds)
+    _field_checks.cache_clear()
+
+
+@functools.lru_cache(maxsize=None)
+def _field_checks(cls: type) -> tuple[tuple[str, str, bool, Bounds, Any], ...]:
+    """``(name, "int"|"float", optional, bounds, default)`` for each numeric field of dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    declared = {}
+    for klass in reversed(cls.__mro__):
+        declared.update(_DECLARED.get(klass, {}))
+    checks = []
+    for f in fields(cls):
+        tp, optional = hints[f.name], False
+        if typing.get_origin(tp) in (Union, types.UnionType):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            optional = len(args) < len(typing.get_args(tp))
+            tp = args[0] if len(args) == 1 else None
+        if tp not in (int, float):
+            continue
+        bounds = f.metadata.get("bounds") or declared.get(f.name, NO_BOUNDS)
+        checks.append((f.name, tp.__name__, optional, bounds, f.default))
+    return tuple(checks)
+
+
+def check_values(obj: Any, where: str) -> None:
+    """Check every numeric field of dataclass ``obj`` (config key ``where``) against its bounds.
+
+    An int field needs an integer (not a bool), a float field a finite number; ``None`` only where the
+    annotation is optional. The message names the key, the value, what is allowed and an example.
+    """
+    for name, kind, optional, bounds, default in _field_checks(type(obj)):
+        value = getattr(obj, name)
+        if value is None and optional:
+            continue
+        integer = kind == "int"
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            ok = False
+        else:
+            ok = bounds.allows(value)
+        if not ok:
+            key = _join(where, name)
+            allowed = bounds.describe(name, integer, optional)
+            raise LaminaError(f"{key} must be {allowed}, got {_show(value)}; {_example(where, name, default)}")
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value) or value.is_integer()):
+        return str(value)  # nan, inf, -inf, 2.0
+    return repr(value)
+
+
+def _example(where: str, name: str, default: Any) -> str:
+    """What to write instead: an override where the key is one, else the option as YAML."""
+    if default is dataclasses.MISSING:
+        return "give a value within those bounds"
+    text = "null" if default is None else _number(default) if isinstance(default, (int, float)) else repr(default)
+    if "[" in where or where.split(".")[0] not in ("model", "train", "data"):  # a mixer's option in a schedule
+        return f"e.g. {name}: {text} (the default)"
+    return f"e.g. {_join(where, name)}={text} (the default)"
+
+# --------------------------------------------------------------------------- the config sections
 
 
 @dataclass
 class HMTConfig:
     """Hierarchical Memory Transformer options (He et al. 2024; see :mod:`lamina.models.hmt`)."""
 
-    segment: Optional[int] = None  # tokens per segment; null: train.seq_len
-    sensory: int = 8  # sensory memory: the last tokens of the previous segment, read before each segment
-    cache: int = 32  # long-term memory: the last memory embeddings kept for recall (FIFO)
-    summary_len: Optional[int] = None  # tokens summarised into the recall query; null: half a segment
+    config_key: ClassVar[str] = "model.hmt"
+
+    segment: Optional[int] = bounded(None, ge=1, note="null: train.seq_len")  # tokens per segment
+    # sensory memory: the last tokens of the previous segment, read before each segment
+    sensory: int = bounded(8, ge=0, note="0: none")
+    # long-term memory: the last memory embeddings kept for recall (FIFO)
+    cache: int = bounded(32, ge=1)
+    # tokens summarised into the recall query
+    summary_len: Optional[int] = bounded(None, ge=1, note="null: half a segment")
 
     def __post_init__(self):
-        for key, value, least in (("segment", self.segment, 1), ("sensory", self.sensory, 0),
-                                  ("cache", self.cache, 1), ("summary_len", self.summary_len, 1)):
-            if value is not None and value < least:
-                kind = "a positive integer" if least else "0 (none) or a positive integer"
-                raise LaminaError(f"model.hmt.{key} must be {kind}, got {value}")
+        check_values(self, self.config_key)
 
 
 @dataclass
@@ -49,16 +183,15 @@ class HATConfig:
     ``model.mixers`` as their defaults too.
     """
 
-    d_byte: int = 128  # width of the byte encoder and decoder
+    config_key: ClassVar[str] = "model.hat"
+
+    d_byte: int = bounded(128, ge=1)  # width of the byte encoder and decoder
     encoder_layers: Any = field(default_factory=lambda: ["attn"])
     decoder_layers: Any = field(default_factory=lambda: ["attn"])
-    max_word_len: int = 16  # longer runs are cut into words of this many bytes (lamina.data.words)
+    max_word_len: int = bounded(16, ge=1)  # longer runs are cut into words of this many bytes (lamina.data.words)
 
     def __post_init__(self):
-        for key in ("d_byte", "max_word_len"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise LaminaError(f"model.hat.{key} must be a positive integer, got {value!r}")
+        check_values(self, self.config_key)
 
 
 @dataclass
@@ -68,15 +201,15 @@ class MegabyteConfig:
     The global model over patches is the model's own schedule (``layers``, ``mixers``, ``d_model``).
     """
 
-    patch: int = 8  # P: bytes per patch
-    local_d_model: int = 128  # width of the local model (and of each byte's embedding)
+    config_key: ClassVar[str] = "model.megabyte"
+
+    patch: int = bounded(8, ge=2)  # P: bytes per patch
+    local_d_model: int = bounded(128, ge=1)  # width of the local model (and of each byte's embedding)
     local_layers: Any = field(default_factory=lambda: ["attn"])  # the local model's layer schedule
     local_mixers: dict = field(default_factory=dict)  # default options per mixer name in the local model
 
     def __post_init__(self):
-        for key, value, least in (("patch", self.patch, 2), ("local_d_model", self.local_d_model, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise LaminaError(f"model.megabyte.{key} must be an integer >= {least}, got {value!r}")
+        check_values(self, self.config_key)
 
 
 def _section(value: Any, cls: type, key: str) -> Any:
@@ -99,17 +232,19 @@ class ModelConfig:
     ``mixers`` gives default options per mixer name for every layer of it.
     """
 
-    d_model: int = 256
+    config_key: ClassVar[str] = "model"
+
+    d_model: int = bounded(256, ge=1)
     layers: Any = field(default_factory=lambda: ["hgrn"] * 4)
     mixers: dict = field(default_factory=dict)
-    mlp_hidden: Optional[int] = None  # default: 8/3 * d_model rounded up to 64
-    dropout: float = 0.0
+    mlp_hidden: Optional[int] = bounded(None, ge=1, note="null: 8/3 d_model rounded up to 64")
+    dropout: float = bounded(0.0, ge=0, lt=1)
     tie_embeddings: bool = True
-    norm_eps: float = 1e-5
-    vocab_size: int = 0  # 0: taken from the tokenizer
-    # Recurrent Memory Transformer: memory tokens read and written per segment (0: off)
-    memory_tokens: int = 0
-    memory_segment: Optional[int] = None  # tokens per memory segment; null: train.seq_len
+    norm_eps: float = bounded(1e-5, gt=0)
+    vocab_size: int = bounded(0, ge=0, note="0: the tokenizer's")
+    # Recurrent Memory Transformer: memory tokens read and written per segment
+    memory_tokens: int = bounded(0, ge=0, note="0: off")
+    memory_segment: Optional[int] = bounded(None, ge=1, note="null: train.seq_len")  # tokens per memory segment
     # Hierarchical Memory Transformer: a mapping of HMTConfig's keys ({} for the defaults); null: off
     hmt: Optional[HMTConfig] = None
     # Hierarchical Autoregressive Transformer: a mapping of HATConfig's keys ({} for the defaults); null: off
@@ -121,6 +256,7 @@ class ModelConfig:
         self.hmt = _section(self.hmt, HMTConfig, "hmt")  # built in Python rather than loaded from YAML
         self.hat = _section(self.hat, HATConfig, "hat")
         self.megabyte = _section(self.megabyte, MegabyteConfig, "megabyte")
+        check_values(self, self.config_key)
         if self.hat is not None and self.megabyte is not None:
             raise LaminaError("model.hat and model.megabyte are two byte models and only one can be used; "
                               "set model.hat=null or model.megabyte=null")
@@ -135,10 +271,22 @@ class ModelConfig:
                 "model.hmt and model.memory_tokens are two segment memories and only one can be used; "
                 "set model.memory_tokens=0 or model.hmt=null"
             )
-        if self.memory_tokens < 0:
-            raise LaminaError(f"model.memory_tokens must be 0 (off) or a positive integer, got {self.memory_tokens}")
-        if self.memory_segment is not None and self.memory_segment < 1:
-            raise LaminaError(f"model.memory_segment must be a positive integer or null, got {self.memory_segment}")
+        self._check_schedules()
+
+    def _check_schedules(self) -> None:
+        """Parse every layer schedule, so that an unknown mixer or a bad option is refused with the config.
+
+        (Options that depend on the width, such as heads dividing ``d_model``, are checked when the model is
+        built; :func:`lamina.train.budget.check_fits` builds it on the meta device, before any allocation.)
+        """
+        from lamina.models.schedule import parse_layers  # the mixer registry sits above the config
+
+        parse_layers(self.layers, self.mixers)
+        if self.hat is not None:
+            parse_layers(self.hat.encoder_layers, self.mixers, "model.hat.encoder_layers")
+            parse_layers(self.hat.decoder_layers, self.mixers, "model.hat.decoder_layers")
+        if self.megabyte is not None:
+            parse_layers(self.megabyte.local_layers, self.megabyte.local_mixers, "model.megabyte.local_layers")
 
 
 @dataclass
@@ -151,43 +299,52 @@ class DataConfig:
     download: bool = True
 
 
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 @dataclass
 class TrainConfig:
     """Truncated-BPTT training: ``batch_size`` streams of ``seq_len``-token segments."""
 
-    steps: int = 1000
-    batch_size: int = 16
-    seq_len: int = 256
+    config_key: ClassVar[str] = "train"
+
+    steps: int = bounded(1000, ge=1)
+    batch_size: int = bounded(16, ge=1)
+    seq_len: int = bounded(256, ge=1)
     carry_state: bool = True
     # streams: consecutive segments of batch_size streams (state carried);
     # random: windows at random offsets, nanoGPT-style (no state carried)
     sampling: Literal["streams", "random"] = "streams"
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    max_minutes: Optional[float] = None  # stop (and save) once this much wall time has passed
-    eval_every: int = 250
-    eval_tokens: int = 65536  # tokens of the validation split scored per evaluation; 0: all
-    save_every: int = 250
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 0
+    lr: float = bounded(3e-3, gt=0, note="the peak learning rate")
+    min_lr_ratio: float = bounded(0.1, ge=0, le=1, note="the final learning rate as a fraction of lr")
+    warmup_steps: int = bounded(50, ge=0, note="0: no warmup")
+    weight_decay: float = bounded(0.1, ge=0)
+    beta1: float = bounded(0.9, ge=0, lt=1)
+    beta2: float = bounded(0.95, ge=0, lt=1)
+    grad_clip: float = bounded(1.0, gt=0, note="the largest gradient norm")
+    # stop (and save) once this much wall time has passed
+    max_minutes: Optional[float] = bounded(None, gt=0, note="null: no time limit")
+    eval_every: int = bounded(250, ge=1)
+    # tokens of the validation split scored per evaluation
+    eval_tokens: int = bounded(65536, ge=0, note="0: the whole validation split")
+    save_every: int = bounded(250, ge=1)
+    keep_checkpoints: int = bounded(2, ge=1)
+    log_every: int = bounded(10, ge=1)
+    seed: int = bounded(0, ge=0, le=2**32 - 1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA
     compile: bool = False
     out_dir: Optional[str] = None  # default: runs/<preset>
-    sample_tokens: int = 300  # a sample printed at the end; 0: none
+    sample_tokens: int = bounded(300, ge=0, note="0: none")  # a sample printed at the end
     # segments per optimizer step: the carried state is detached only every bptt_segments segments
     # (without carried state, e.g. sampling=random, it only averages the loss over that many batches)
-    bptt_segments: int = 1
+    bptt_segments: int = bounded(1, ge=1)
 
     def __post_init__(self):
-        if self.bptt_segments < 1:
-            raise LaminaError(f"train.bptt_segments must be a positive integer, got {self.bptt_segments}")
+        check_values(self, self.config_key)
+        if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
+            raise LaminaError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}; "
+                              "e.g. train.device=auto (the default), which takes CUDA when there is one")
 
 
 @dataclass
@@ -308,7 +465,9 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
             f"unknown key {_join(where, unknown[0])!r}; allowed keys in {where}: {', '.join(names)}"
         )
     kwargs = {k: _coerce(v, hints[k], _join(where, k)) for k, v in data.items()}
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    check_values(obj, where)  # classes without a __post_init__ that checks (a mixer's Options) are checked here
+    return obj
 
 
 def _join(where: str, key: str) -> str:
@@ -323,11 +482,33 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in files if p.name.endswith(".yaml"))
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: ``line L, column C: <problem> (<context> that starts at line L', column C')``.
+
+    PyYAML's own text spans several lines with a copy of the offending line; the CLI prints one.
+    """
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or getattr(err, "context", None) or str(err)
+    text = _one_line(problem)
+    if mark is not None:
+        text = f"line {mark.line + 1}, column {mark.column + 1}: {text}"
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and context != problem:
+        where = f" that starts at line {context_mark.line + 1}, column {context_mark.column + 1}" if context_mark else ""
+        text += f" ({_one_line(context)}{where})"
+    return text
+
+
 def _read_yaml(text: str, source: str) -> dict:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise LaminaError(f"{source} is not valid YAML: {err}") from None
+        tabs = "; YAML indents with spaces, not tabs" if "'\\t'" in str(err) else ""
+        raise LaminaError(f"{source} is not valid YAML: {yaml_problem(err)}; fix the syntax there{tabs}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -335,13 +516,27 @@ def _read_yaml(text: str, source: str) -> dict:
     return data
 
 
+def read_config_file(path: Path) -> str:
+    """The text of a config file, or a one-line error naming the file and what is wrong with it."""
+    if path.is_dir():
+        raise LaminaError(f"config file {path} is a directory; give the path of a .yaml file")
+    if not path.exists():
+        raise LaminaError(f"config file {path} does not exist; give a shipped preset's name ({', '.join(preset_names())}) "
+                          "or the path of a .yaml file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise LaminaError(f"config file {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                          f"{err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise LaminaError(f"cannot read config file {path}: {err.strerror or err}") from None
+
+
 def load_preset(name_or_path: str) -> dict:
     """A preset's raw mapping: a shipped preset's name, or the path of a YAML file."""
     path = Path(name_or_path)
     if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
-        if not path.is_file():
-            raise LaminaError(f"config file {name_or_path} does not exist")
-        data = _read_yaml(path.read_text(encoding="utf-8"), str(path))
+        data = _read_yaml(read_config_file(path), f"config file {path}")
         data.setdefault("preset", path.stem)
         return data
     if name_or_path not in preset_names():
@@ -370,8 +565,11 @@ def apply_override(data: dict, assignment: str) -> None:
         raise LaminaError(f"override {assignment!r} must look like key=value, e.g. train.steps=100")
     try:
         value = yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError:
-        value = raw
+    except yaml.YAMLError as err:
+        raise LaminaError(
+            f"override {assignment!r}: the value {raw!r} is not valid YAML: {yaml_problem(err).replace('line 1, ', '')}; "
+            f"fix it, or quote text in YAML quotes: '{key}=\"...\"'"
+        ) from None
     parts = key.split(".")
     node = data
     for part in parts[:-1]:

@@ -24,10 +24,51 @@ from typing import Callable, ClassVar
 import torch
 from torch import nn
 
+from lamina.config import Bounds, check_values, declare_bounds
 from lamina.errors import LaminaError
 from lamina.mixers.forms import choose_form
 
 State = tuple[torch.Tensor, ...]
+
+# The bounds of options by name, the same for every mixer that has the option: :func:`register` declares
+# them on the mixer's ``Options``, so that ``from_dict`` refuses ``heads: 0``, ``mem_len: -1`` or a NaN with
+# the config key, and :class:`Mixer` refuses them for options built in Python (a field's own
+# ``lamina.config.bounded`` metadata wins). Every float option must be finite even when unlisted here.
+# What depends on the width (heads dividing d_model) is each mixer's own check, when it is built.
+OPTION_BOUNDS: dict[str, Bounds] = {
+    "heads": Bounds(ge=1),
+    "head_dim": Bounds(ge=1, note="null: d_model // heads"),
+    "width": Bounds(ge=1, note="null: the mixer's default"),
+    "hidden": Bounds(ge=1, note="null: d_model"),
+    "expand": Bounds(ge=1),
+    "expand_ratio": Bounds(ge=1),
+    "expand_k": Bounds(gt=0),
+    "expand_v": Bounds(gt=0),
+    "n_state": Bounds(ge=1),
+    "d_state": Bounds(ge=1),
+    "groups": Bounds(ge=1),
+    "gate_rank": Bounds(ge=1),
+    "gate_temperature": Bounds(gt=0),
+    "conv_width": Bounds(ge=1),
+    "mem_len": Bounds(ge=0, note="0: no memory"),
+    "cmem_len": Bounds(ge=0, note="0: no compressed memory"),
+    "cmem_rate": Bounds(ge=1),
+    "clamp_len": Bounds(ge=0, note="null: no clamping"),
+    "window": Bounds(ge=1, note="null: unlimited"),
+    "sinks": Bounds(ge=0, note="0: none"),
+    "segment": Bounds(ge=1),
+    "chunk_size": Bounds(ge=1),
+    "persistent": Bounds(ge=0),
+    "rope_base": Bounds(gt=0),
+    "theta_max": Bounds(gt=0, note="null: 1 / (2 chunk_size)"),
+    "norm_eps": Bounds(gt=0),
+    "eps": Bounds(gt=0),
+    "dt_min": Bounds(gt=0),
+    "dt_max": Bounds(gt=0),
+    "dt_floor": Bounds(ge=0),
+    "a_min": Bounds(gt=0),
+    "a_max": Bounds(gt=0),
+}
 
 
 class Mixer(nn.Module, abc.ABC):
@@ -44,6 +85,11 @@ class Mixer(nn.Module, abc.ABC):
 
     def __init__(self, d_model: int, options, layer_idx: int = 0, n_layers: int = 1):
         super().__init__()
+        name = getattr(type(self), "name", type(self).__name__)
+        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
+            raise LaminaError(f"{name}: d_model must be an integer >= 1, got {d_model!r}")
+        if dataclasses.is_dataclass(options):
+            check_values(options, name)
         self.d_model = d_model
         self.options = options
         self.layer_idx = layer_idx
@@ -206,6 +252,8 @@ def register(name: str):
     def wrap(cls: type[Mixer]) -> type[Mixer]:
         if not dataclasses.is_dataclass(cls.Options):
             raise TypeError(f"mixer {name} must define an Options dataclass")
+        options = {f.name for f in dataclasses.fields(cls.Options)}
+        declare_bounds(cls.Options, {key: b for key, b in OPTION_BOUNDS.items() if key in options})
         _REGISTRY[name] = cls
         cls.name = name
         return cls
