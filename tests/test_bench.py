@@ -77,15 +77,15 @@ def test_worker_reports_cuda_style_out_of_memory(monkeypatch):
     (["hgrn", "model.d_model=64"], "with --d-model"),
     (["hgrn", "--lengths", "abc"], "--lengths takes positive integers"),
     (["hgrn", "--lengths", "0"], "--lengths takes positive integers"),
-    (["hgrn", "--max-memory", "-1"], "--max-memory must be a positive"),
-    (["hgrn", "--max-seconds", "0"], "--max-seconds must be a positive"),
-    (["hgrn", "--decode-steps", "-2"], "--decode-steps must be at least 1"),
+    (["hgrn", "--max-memory", "-1"], "--max-memory: must be > 0"),
+    (["hgrn", "--max-seconds", "0"], "--max-seconds: must be > 0"),
+    (["hgrn", "--decode-steps", "-2"], "--decode-steps: must be >= 1"),
 ])
 def test_bad_arguments_are_one_line_errors(argv, message, tmp_path, capsys):
     out = tmp_path / "never"
     assert main(["bench", *argv, "--device", "cpu", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("lamina: error:") and message in err and err.count("\n") == 1
+    assert err.startswith("lamina") and ": error:" in err and message in err and err.count("\n") == 1
     assert not out.exists()
 
 

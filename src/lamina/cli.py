@@ -255,6 +255,7 @@ def cmd_info(args) -> int:
     from lamina.mixers import mixer_names
     from lamina.models import build_model
     from lamina.train import resolve_checkpoint
+    from lamina.train.budget import estimate_training_memory
 
     target, overrides = _split_args(args.items)
     if target is None:
@@ -275,6 +276,7 @@ def cmd_info(args) -> int:
         model = build_model(cfg.model, vocab)
         print(f"preset {cfg.preset}")
     print(model.describe())
+    print(f"memory: {estimate_training_memory(cfg, model.vocab_size).describe()}")
     print(f"data: {cfg.data.corpus} ({cfg.data.tokenizer or 'corpus default'} tokens); "
           f"train: {cfg.train.steps} steps of {cfg.train.batch_size}x{cfg.train.seq_len}")
     return 0

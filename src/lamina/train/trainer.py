@@ -36,6 +36,7 @@ from lamina.eval.metrics import UNIT_METRIC
 from lamina.mixers import detach_state
 from lamina.models import build_model
 from lamina.progress import Progress
+from lamina.train.budget import check_fits, config_vocab_size
 from lamina.train.checkpoint import LATEST, Checkpoint, load_checkpoint, save_checkpoint
 from lamina.train.run_dir import RunDir, write_error
 
@@ -164,6 +165,7 @@ def train(cfg: Config, resume: str | Path | None = None, log=print, overwrite: b
     directory must not hold another saved run unless ``overwrite`` (see :func:`claim_run_dir`)."""
     t = cfg.train
     device = pick_device(t.device)
+    check_fits(cfg, cfg.model.vocab_size or None, device)  # on the meta device: a run too big stops before any data
     cfg.data.corpus = canonical_corpus(cfg.data.corpus)  # a path is saved absolute: eval finds it from anywhere
     ckpt = load_checkpoint(resume, with_trainer_state=True) if resume else None
     run_dir = run_dir_for(cfg, ckpt)
@@ -178,6 +180,8 @@ def _train(cfg: Config, ckpt: Checkpoint | None, run_dir: Path, device: torch.de
     corpus = load_corpus(cfg.data.corpus, cfg.data.data_dir, cfg.data.download)
     log(corpus.describe())
     tokenizer = tokenizer_from_dict(ckpt.tokenizer) if ckpt else build_tokenizer(cfg.data.tokenizer, corpus)
+    if not cfg.model.vocab_size and tokenizer.vocab_size != config_vocab_size(cfg):  # a word vocabulary: again
+        check_fits(cfg, tokenizer.vocab_size, device)
     unit = metric_unit(corpus, tokenizer)
     train_tokens = encode_split(tokenizer, corpus, "train")
     valid_tokens = encode_split(tokenizer, corpus, "valid")
