@@ -392,3 +392,21 @@ def test_train_then_evaluate_on_own_files(tmp_path, capsys, monkeypatch):
     result = evaluate(model, tokens, batch_size=2, tgt_len=32)
     assert result.tokens == 2 * ((tokens.numel() - 1) // 2)
     assert 0 < result.nats < 1.5 * torch.log(torch.tensor(257.0)).item()
+
+
+def test_a_relative_path_is_saved_absolute_and_found_from_elsewhere(tmp_path, monkeypatch, capsys):
+    from conftest import TINY
+
+    from lamina.train import load_model
+
+    (tmp_path / "work" / "notes").mkdir(parents=True)
+    (tmp_path / "work" / "notes" / "a.txt").write_bytes(lines(3, 1500))
+    monkeypatch.chdir(tmp_path / "work")
+    run = tmp_path / "run"
+    argv = ["train", "data.corpus=notes/*.txt", *TINY, "train.steps=2", "train.eval_every=2", f"train.out_dir={run}"]
+    assert main(argv) == 0
+    assert load_model(run)[2].data.corpus == f"{tmp_path / 'work' / 'notes'}/*.txt"
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--max-tokens", "300"]) == 0
+    assert "bits/byte" in capsys.readouterr().out
