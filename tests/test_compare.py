@@ -68,13 +68,13 @@ def test_matched_width_is_the_nearest(small):
     (["nosuchmixer", "attn"], "unknown preset 'nosuchmixer'"),
     (["hgrn"], "at least two architectures"),
     (["hgrn", "hgrn"], "give each architecture once"),
-    (["hgrn", "attn", "--tokens", "0"], "--tokens must be a positive"),
-    (["hgrn", "attn", "--minutes", "-1"], "--minutes must be a positive"),
+    (["hgrn", "attn", "--tokens", "0"], "--tokens: must be >= 1"),
+    (["hgrn", "attn", "--minutes", "-1"], "--minutes: must be > 0"),
 ])
 def test_bad_input_is_a_clear_error(argv, message, small, tmp_path, capsys):
     assert main(["compare", *argv, *small, "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("lamina: error:") and message in err
+    assert err.startswith("lamina") and ": error:" in err and message in err and err.count("\n") == 1
 
 
 def test_one_corpus_only(small):
