@@ -13,6 +13,14 @@ The state (GRU ``(h,)``, LSTM ``(h, c)``, each ``[B, hidden]``) is kept in fp32
 at each call, which is what the library kernels need. With ``hidden !=
 d_model`` an output projection ``out`` maps back to ``d_model``.
 
+Under autocast the library call runs in the autocast dtype (bf16) where the
+device has a kernel for it. PyTorch sends a CPU LSTM under bf16 autocast to
+oneDNN, which has no bf16 LSTM on CPUs without bf16 instructions and fails to
+build it ("could not create a primitive descriptor"). So the first such call of
+each kind on a device runs a tiny instance first, and where that fails the
+calls run the library kernel in fp32 instead (autocast off for that call only)
+and return the dtype autocast would have given: the model trains on every CPU.
+
 Initialisation: PyTorch's uniform(-1/sqrt(hidden), 1/sqrt(hidden)) for the
 recurrent weights (the model re-initialises only ``nn.Linear`` layers), and
 for the LSTM a forget-gate bias of 1 (Gers et al. 2000; Jozefowicz et al. 2015),
@@ -34,6 +42,34 @@ from lamina.mixers.base import Mixer, State, register
 @dataclass
 class RNNOptions:
     hidden: Optional[int] = None  # recurrent width (None: d_model)
+
+
+# (module, device, autocast dtype, input dtype, grad mode) -> whether the library kernel runs there under autocast
+_AUTOCAST_KERNELS: dict[tuple, bool] = {}
+
+
+def autocast_kernel_runs(module: type[nn.RNNBase], x: torch.Tensor) -> bool:
+    """Whether ``module``'s library kernel runs under the autocast now active on ``x``'s device (tried once).
+
+    A tiny fp32 instance runs on valid inputs in the same autocast and grad mode: a ``RuntimeError`` there can
+    only mean that the device has no kernel for the autocast dtype, so it is remembered rather than raised.
+    (Built on the meta device, then zeroed: trying draws nothing from the random generator.)
+    """
+    device = x.device.type
+    key = (module, x.device, torch.get_autocast_dtype(device), x.dtype, torch.is_grad_enabled())
+    if key not in _AUTOCAST_KERNELS:
+        probe = module(2, 2, batch_first=True, device="meta").to_empty(device=x.device)
+        with torch.no_grad():
+            for p in probe.parameters():
+                p.zero_()
+        try:
+            probe(torch.zeros(1, 2, 2, device=x.device, dtype=x.dtype))
+            _AUTOCAST_KERNELS[key] = True
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError:
+            _AUTOCAST_KERNELS[key] = False
+    return _AUTOCAST_KERNELS[key]
 
 
 class _LibraryRNN(Mixer):
@@ -62,12 +98,24 @@ class _LibraryRNN(Mixer):
         return tuple(torch.zeros(batch, self.hidden, device=device, dtype=dtype) for _ in range(self.n_states))
 
     def forward_chunk(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        hx = tuple(s.to(x.dtype).unsqueeze(0) for s in state)  # [num_layers = 1, B, hidden]
-        y, new = self.rnn(x, hx if self.n_states > 1 else hx[0])
-        new = new if self.n_states > 1 else (new,)
+        device = x.device.type
+        fp32 = self.rnn.weight_ih_l0.dtype == torch.float32  # what autocast casts; the fallback needs it
+        if fp32 and torch.is_autocast_enabled(device) and not autocast_kernel_runs(self.module, x):
+            # no kernel for the autocast dtype on this device (see the module docstring): fp32 for this call
+            with torch.autocast(device, enabled=False):
+                y, new = self._library_call(x.float(), state)
+            y = y.to(torch.get_autocast_dtype(device))
+        else:
+            y, new = self._library_call(x, state)
         if self.out is not None:
             y = self.out(y)
         return y, tuple(n.squeeze(0).to(s.dtype) for n, s in zip(new, state))
+
+    def _library_call(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """``self.rnn`` over ``x`` from ``state``: outputs and the new state, each ``[1, B, hidden]``."""
+        hx = tuple(s.to(x.dtype).unsqueeze(0) for s in state)  # [num_layers = 1, B, hidden]
+        y, new = self.rnn(x, hx if self.n_states > 1 else hx[0])
+        return y, (new if self.n_states > 1 else (new,))
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         y, state = self.forward_chunk(x_t.unsqueeze(1), state)
