@@ -132,9 +132,9 @@ def test_sinks_match_streaming_reference_in_every_form(sinks, window, T):
 def test_sinks_need_a_window():
     from lamina.errors import LaminaError
 
-    with pytest.raises(LaminaError, match="sinks"):
+    with pytest.raises(LaminaError, match="attn: sinks = 4"):
         make(sinks=4)
-    with pytest.raises(LaminaError, match="sinks"):
+    with pytest.raises(LaminaError, match=r"attn\.sinks"):
         make(sinks=-1, window=8)
 
 

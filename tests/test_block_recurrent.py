@@ -136,7 +136,11 @@ def test_streams_100k_tokens():
     assert_finite_stream(make(segment=64), D, total=100_000, chunk=2048)
 
 
-@pytest.mark.parametrize("options", [{"n_state": 0}, {"heads": 5}, {"heads": 0}, {"segment": 0}])
-def test_bad_options(options):
-    with pytest.raises(LaminaError, match="block_recurrent"):
+@pytest.mark.parametrize(
+    "options,match",
+    [({"n_state": 0}, r"block_recurrent\.n_state"), ({"heads": 5}, r"block_recurrent: d_model \d+ must split"),
+     ({"heads": 0}, r"block_recurrent\.heads"), ({"segment": 0}, r"block_recurrent\.segment")],
+)
+def test_bad_options(options, match):
+    with pytest.raises(LaminaError, match=match):
         mixer_class("block_recurrent")(D, BlockRecurrentOptions(**options))

@@ -140,9 +140,9 @@ def test_lm_carries_state_and_keeps_the_decay_initialisation():
 @pytest.mark.parametrize("name", NAMES)
 def test_rejects_bad_options(name):
     cls = mixer_class(name)
-    for options, key in [({"heads": 0}, "heads"), ({"heads": 3}, "heads"), ({"head_dim": 0}, "head_dim"),
-                         ({"expand_v": 0}, "expand_v"), ({"expand_v": 0.3}, "expand_v"),
-                         ({"conv_width": 0}, "conv_width")]:
+    for options, key in [({"heads": 0}, rf"{name}\.heads"), ({"heads": 3}, f"{name}: .*heads"),
+                         ({"head_dim": 0}, rf"{name}\.head_dim"), ({"expand_v": 0}, rf"{name}\.expand_v"),
+                         ({"expand_v": 0.3}, f"{name}: .*expand_v"), ({"conv_width": 0}, rf"{name}\.conv_width")]:
         with pytest.raises(LaminaError, match=key):
             cls(D, cls.Options(**options))
     with pytest.raises(LaminaError, match="allowed keys"):

@@ -84,7 +84,7 @@ def test_state_size_and_fixed_shape():
 def test_bad_options_name_the_option():
     with pytest.raises(LaminaError, match="heads"):
         mixer_class("fox")(D, FoxOptions(heads=3))
-    with pytest.raises(LaminaError, match="window"):
+    with pytest.raises(LaminaError, match=r"fox\.window"):
         mixer_class("fox")(D, FoxOptions(window=0))
 
 

@@ -72,8 +72,9 @@ def test_stream_100k_tokens():
 
 @pytest.mark.parametrize(
     "options,match",
-    [({"expand_k": 0.3}, "expand_k"), ({"heads": 3}, "heads"), ({"expand_v": -1.0}, "expand_v"),
-     ({"gate_temperature": 0.0}, "gate_temperature")],
+    [({"expand_k": 0.3}, "expand_k"), ({"heads": 3}, "heads"), ({"expand_v": -1.0}, r"gla\.expand_v"),
+     ({"heads": 0}, r"gla\.heads"), ({"gate_rank": 0}, r"gla\.gate_rank"),
+     ({"gate_temperature": 0.0}, r"gla\.gate_temperature")],
 )
 def test_rejects_bad_options(options, match):
     with pytest.raises(LaminaError, match=match):

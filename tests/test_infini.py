@@ -153,7 +153,11 @@ def test_streams_100k_tokens(update):
     assert_finite_stream(make(segment=64, update=update), D, total=100_000, chunk=2048)
 
 
-@pytest.mark.parametrize("options", [{"update": "hebbian"}, {"heads": 5}, {"heads": 0}, {"segment": 0}])
-def test_bad_options(options):
-    with pytest.raises(LaminaError, match="infini"):
+@pytest.mark.parametrize(
+    "options,match",
+    [({"update": "hebbian"}, "infini: update must be one of"), ({"heads": 5}, r"infini: d_model \d+ must split"),
+     ({"heads": 0}, r"infini\.heads"), ({"segment": 0}, r"infini\.segment")],
+)
+def test_bad_options(options, match):
+    with pytest.raises(LaminaError, match=match):
         mixer_class("infini")(D, InfiniOptions(**options))

@@ -68,7 +68,7 @@ def test_stream_100k_tokens(options):
 @pytest.mark.parametrize(
     "options,match",
     [({"feature_map": "softmax"}, "feature_map"), ({"feature_map": "identity"}, "normalize"),
-     ({"heads": 3}, "heads"), ({"eps": 0.0}, "eps")],
+     ({"heads": 3}, "heads"), ({"eps": 0.0}, r"linear_attn\.eps")],
 )
 def test_rejects_bad_options(options, match):
     with pytest.raises(LaminaError, match=match):

@@ -104,7 +104,7 @@ def test_stream_100k_tokens():
 @pytest.mark.parametrize(
     "options,match",
     [({"head_dim": 5}, "head_dim"), ({"groups": 3}, "groups"), ({"dt_min": 0.5}, "dt_min"),
-     ({"conv_width": 0}, "conv_width")],
+     ({"conv_width": 0}, r"mamba2\.conv_width")],
 )
 def test_rejects_bad_options(options, match):
     with pytest.raises(LaminaError, match=match):

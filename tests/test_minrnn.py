@@ -106,7 +106,7 @@ def test_stream_100k_tokens(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_rejects_bad_options(name):
     cls = mixer_class(name)
-    with pytest.raises(LaminaError, match="expand_ratio"):
+    with pytest.raises(LaminaError, match=rf"{name}\.expand_ratio"):
         cls(D, MinRNNOptions(expand_ratio=0))
     with pytest.raises(LaminaError, match="candidate must be one of g, linear"):
         cls(D, MinRNNOptions(candidate="tanh"))

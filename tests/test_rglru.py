@@ -142,11 +142,12 @@ def test_griffin_pattern_carries_state_across_segments():
 def test_rejects_bad_options():
     cls = mixer_class("rglru")
     for key, value in [("heads", 0), ("conv_width", 0), ("conv_width", 2.5)]:
-        with pytest.raises(LaminaError, match=f"rglru: {key} must be an integer >= 1"):
+        with pytest.raises(LaminaError, match=rf"^rglru\.{key} must be an integer >= 1"):
             cls(D, RGLRUOptions(**{key: value}))
-    for width in (0, 10):  # 10 does not split into 4 heads
-        with pytest.raises(LaminaError, match=r"width must be a positive multiple of heads \(4\)"):
-            cls(D, RGLRUOptions(width=width, heads=4))
+    with pytest.raises(LaminaError, match=r"^rglru\.width must be an integer >= 1 or null"):
+        cls(D, RGLRUOptions(width=0, heads=4))
+    with pytest.raises(LaminaError, match=r"rglru: width must be a positive multiple of heads \(4\)"):
+        cls(D, RGLRUOptions(width=10, heads=4))  # 10 does not split into 4 heads
     with pytest.raises(LaminaError, match="allowed keys.*width, heads, conv_width"):
         parse_layers([{"rglru": {"expand": 2}}])
     assert cls(D, RGLRUOptions(width=12, heads=4)).width == 12

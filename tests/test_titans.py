@@ -206,8 +206,9 @@ def test_lm_carries_state():
 
 def test_rejects_bad_options():
     cls = mixer_class("titans")
-    for options, key in [({"heads": 0}, "heads"), ({"heads": 3}, "heads"), ({"head_dim": 0}, "head_dim"),
-                         ({"chunk_size": 0}, "chunk_size"), ({"theta_max": 0.0}, "theta_max")]:
+    for options, key in [({"heads": 0}, r"titans\.heads"), ({"heads": 3}, "titans: .*heads"),
+                         ({"head_dim": 0}, r"titans\.head_dim"), ({"chunk_size": 0}, r"titans\.chunk_size"),
+                         ({"theta_max": 0.0}, r"titans\.theta_max")]:
         with pytest.raises(LaminaError, match=key):
             cls(D, cls.Options(**options))
     with pytest.raises(LaminaError, match="allowed keys"):
@@ -290,8 +291,9 @@ def test_mag_lm_carries_state_and_rejects_bad_options():
                       mixers={"titans_mag": {"heads": 2, "window": 4}, "titans": {"heads": 2}})
     check_lm_carries_state(LM(cfg, 257).eval(), cuts=(5, 6))
     cls = mixer_class("titans_mag")
-    for options, key in [({"window": 0}, "window"), ({"persistent": -1}, "persistent"), ({"head_dim": 3}, "head width"),
-                         ({"chunk_size": 0}, "chunk_size")]:
+    for options, key in [({"window": 0}, r"titans_mag\.window"), ({"persistent": -1}, r"titans_mag\.persistent"),
+                         ({"head_dim": 3}, "titans_mag: the head width"),
+                         ({"chunk_size": 0}, r"titans_mag\.chunk_size")]:
         with pytest.raises(LaminaError, match=key):
             cls(D, cls.Options(**{"heads": 2, **options}))
 
@@ -391,8 +393,9 @@ def test_mac_lm_carries_state_and_rejects_bad_options():
                       mixers={"titans_mac": {"heads": 2, "segment": 4}, "titans": {"heads": 2}})
     check_lm_carries_state(LM(cfg, 257).eval(), cuts=(5, 6))
     cls = mixer_class("titans_mac")
-    for options, key in [({"segment": 0}, "segment"), ({"persistent": -1}, "persistent"),
-                         ({"head_dim": 3}, "head width"), ({"theta_max": -1.0}, "theta_max")]:
+    for options, key in [({"segment": 0}, r"titans_mac\.segment"), ({"persistent": -1}, r"titans_mac\.persistent"),
+                         ({"head_dim": 3}, "titans_mac: the head width"),
+                         ({"theta_max": -1.0}, r"titans_mac\.theta_max")]:
         with pytest.raises(LaminaError, match=key):
             cls(D, cls.Options(**{"heads": 2, **options}))
     with pytest.raises(LaminaError, match="allowed keys"):

@@ -188,11 +188,11 @@ def test_reset_state_forgets():
     "options,word",
     [
         ({"heads": 5}, "heads"),
-        ({"mem_len": -1}, "mem_len"),
-        ({"clamp_len": -2}, "clamp_len"),
-        ({"mem_len": 4, "cmem_len": -1}, "cmem_len"),
-        ({"cmem_len": 4}, "needs mem_len > 0"),
-        ({"mem_len": 4, "cmem_len": 2, "cmem_rate": 0}, "cmem_rate"),
+        ({"mem_len": -1}, r"xl\.mem_len"),
+        ({"clamp_len": -2}, r"xl\.clamp_len"),
+        ({"mem_len": 4, "cmem_len": -1}, r"xl\.cmem_len"),
+        ({"cmem_len": 4}, "xl: cmem_len needs mem_len > 0"),
+        ({"mem_len": 4, "cmem_len": 2, "cmem_rate": 0}, r"xl\.cmem_rate"),
         ({"mem_len": 4, "cmem_len": 2, "compress": "conv"}, "compress must be one of mean, max"),
     ],
 )

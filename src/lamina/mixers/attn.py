@@ -63,9 +63,7 @@ class Attention(Mixer):
                 f"attn: d_model {d_model} must split into {options.heads} heads of an even size; "
                 "change model.d_model or the heads option"
             )
-        if options.mem_len < 0 or (options.window is not None and options.window < 1):
-            raise LaminaError("attn: mem_len must be >= 0 and window >= 1 (or null)")
-        if options.sinks < 0 or (options.sinks and options.window is None):
+        if options.sinks and options.window is None:
             raise LaminaError(
                 f"attn: sinks = {options.sinks} must be 0, or a positive count together with a window; "
                 "set window or sinks: 0"

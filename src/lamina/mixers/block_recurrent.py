@@ -67,16 +67,10 @@ class BlockRecurrent(Mixer):
 
     def __init__(self, d_model: int, options: BlockRecurrentOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)
-        if options.heads < 1 or d_model % options.heads or (options.rope and (d_model // options.heads) % 2):
+        if d_model % options.heads or (options.rope and (d_model // options.heads) % 2):
             raise LaminaError(
                 f"block_recurrent: d_model {d_model} must split into heads={options.heads} equal heads "
                 "(of an even size with rope); change model.d_model or the heads option"
-            )
-        if options.n_state < 1:
-            raise LaminaError(f"block_recurrent: n_state must be an integer >= 1, got {options.n_state}")
-        if options.segment < 1:
-            raise LaminaError(
-                f"block_recurrent: segment (tokens per block) must be an integer >= 1, got {options.segment}"
             )
         d = d_model
         self.heads = options.heads

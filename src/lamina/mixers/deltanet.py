@@ -81,8 +81,6 @@ class _DeltaRuleMixer(Mixer):
     def __init__(self, d_model: int, options: DeltaNetOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)
         heads, head_dim = options.heads, options.head_dim
-        if heads < 1:
-            raise LaminaError(f"{self.name}: heads must be an integer >= 1, got {heads}")
         if head_dim is None:
             if d_model % heads:
                 raise LaminaError(
@@ -90,18 +88,11 @@ class _DeltaRuleMixer(Mixer):
                     "change the heads option or set head_dim"
                 )
             head_dim = d_model // heads
-        if head_dim < 1:
-            raise LaminaError(f"{self.name}: head_dim must be an integer >= 1 (or null for d_model // heads)")
         value_dim = head_dim * options.expand_v
-        if options.expand_v <= 0 or value_dim != int(value_dim):
+        if value_dim != int(value_dim):
             raise LaminaError(
                 f"{self.name}: head_dim * expand_v = {head_dim} * {options.expand_v} must be a positive integer; "
                 "change expand_v or head_dim"
-            )
-        if options.conv_width < 1:
-            raise LaminaError(
-                f"{self.name}: conv_width must be an integer >= 1, got {options.conv_width} "
-                "(use_conv: false turns the convolution off)"
             )
         self.heads, self.key_dim, self.value_dim = heads, head_dim, int(value_dim)
         H, K, V = heads, self.key_dim, self.value_dim

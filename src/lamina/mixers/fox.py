@@ -50,13 +50,11 @@ class ForgettingAttention(Mixer):
 
     def __init__(self, d_model: int, options: FoxOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)
-        if options.heads < 1 or d_model % options.heads:
+        if d_model % options.heads:
             raise LaminaError(
                 f"fox: d_model {d_model} must split into heads = {options.heads} equal heads; "
                 "change model.d_model or the heads option"
             )
-        if options.mem_len < 0 or (options.window is not None and options.window < 1):
-            raise LaminaError("fox: mem_len must be >= 0 and window >= 1 (or null)")
         self.heads = options.heads
         self.head_dim = d_model // options.heads
         self.mem_len = options.mem_len

@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lamina.errors import LaminaError
 from lamina.mixers.base import Mixer, State, register
 from lamina.mixers.common import expanded_width
 from lamina.ops.gla import gla, gla_step
@@ -49,8 +48,6 @@ class GLA(Mixer):
 
     def __init__(self, d_model: int, options: GLAOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)
-        if options.heads < 1 or options.gate_rank < 1 or options.gate_temperature <= 0:
-            raise LaminaError("gla: heads and gate_rank must be >= 1 and gate_temperature > 0")
         self.heads = options.heads
         self.key_dim = expanded_width("gla", d_model, options.expand_k, options.heads, "expand_k")
         self.value_dim = expanded_width("gla", d_model, options.expand_v, options.heads, "expand_v")

@@ -53,7 +53,7 @@ class HGRN2(Mixer):
     def __init__(self, d_model: int, options: HGRN2Options, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)
         ratio = min(128, d_model) if options.expand_ratio is None else options.expand_ratio
-        if ratio < 1 or d_model % ratio:
+        if d_model % ratio:
             raise LaminaError(
                 f"hgrn2: expand_ratio must divide d_model = {d_model}, got {ratio}; "
                 "set expand_ratio (or model.d_model) so that d_model / expand_ratio heads are whole"

@@ -55,15 +55,13 @@ class InfiniAttention(Mixer):
 
     def __init__(self, d_model: int, options: InfiniOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)
-        if options.heads < 1 or d_model % options.heads or (options.rope and (d_model // options.heads) % 2):
+        if d_model % options.heads or (options.rope and (d_model // options.heads) % 2):
             raise LaminaError(
                 f"infini: d_model {d_model} must split into heads={options.heads} equal heads "
                 "(of an even size with rope); change model.d_model or the heads option"
             )
         if options.update not in UPDATES:
             raise LaminaError(f"infini: update must be one of {', '.join(UPDATES)}, got {options.update!r}")
-        if options.segment < 1:
-            raise LaminaError(f"infini: segment (tokens per segment) must be an integer >= 1, got {options.segment}")
         self.heads = options.heads
         self.head_dim = d_model // options.heads
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)

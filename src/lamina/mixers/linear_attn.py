@@ -58,13 +58,11 @@ class LinearAttention(Mixer):
             )
         if options.normalize and options.feature_map == "identity":
             raise LaminaError("linear_attn: normalize=true needs a non-negative feature_map (elu or relu)")
-        if options.heads < 1 or d_model % options.heads:
+        if d_model % options.heads:
             raise LaminaError(
                 f"linear_attn: heads must divide d_model = {d_model}, got {options.heads}; "
                 "change heads or model.d_model"
             )
-        if options.eps <= 0:
-            raise LaminaError(f"linear_attn: eps must be > 0, got {options.eps}")
         self.heads = options.heads
         self.head_dim = d_model // options.heads
         self.phi = FEATURE_MAPS[options.feature_map]

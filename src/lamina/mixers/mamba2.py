@@ -63,16 +63,17 @@ class Mamba2(Mixer):
     def __init__(self, d_model: int, options: Mamba2Options, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)
         o = options
-        if o.expand < 1 or o.head_dim < 1 or o.d_state < 1 or o.groups < 1 or o.conv_width < 1:
-            raise LaminaError("mamba2: expand, head_dim, d_state, groups and conv_width must be >= 1")
         self.inner = d_model * o.expand
         if self.inner % o.head_dim or (self.inner // o.head_dim) % o.groups:
             raise LaminaError(
                 f"mamba2: head_dim = {o.head_dim} must divide d_model * expand = {self.inner} into a number of "
                 f"heads divisible by groups = {o.groups}; change head_dim, expand, groups or model.d_model"
             )
-        if not 0 < o.dt_min <= o.dt_max or not 0 < o.a_min <= o.a_max or o.dt_floor < 0:
-            raise LaminaError("mamba2: need 0 < dt_min <= dt_max, 0 < a_min <= a_max and dt_floor >= 0")
+        if o.dt_min > o.dt_max or o.a_min > o.a_max:
+            raise LaminaError(
+                f"mamba2: need dt_min <= dt_max and a_min <= a_max, got dt_min={o.dt_min}, dt_max={o.dt_max}, "
+                f"a_min={o.a_min}, a_max={o.a_max}"
+            )
         self.heads = self.inner // o.head_dim
         self.conv_dim = self.inner + 2 * o.groups * o.d_state
         self.in_proj = nn.Linear(d_model, self.inner + self.conv_dim + self.heads, bias=False)

@@ -61,8 +61,6 @@ class _MinRNN(Mixer):
     def __init__(self, d_model: int, options: MinRNNOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)
         ratio = options.expand_ratio
-        if not isinstance(ratio, int) or isinstance(ratio, bool) or ratio < 1:
-            raise LaminaError(f"{self.name}: expand_ratio must be an integer >= 1, got {ratio!r}")
         if options.candidate not in CANDIDATES:
             raise LaminaError(
                 f"{self.name}: candidate must be one of {', '.join(CANDIDATES)}, got {options.candidate!r}"

@@ -56,8 +56,6 @@ class RetNet(Mixer):
 
     def __init__(self, d_model: int, options: RetNetOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)
-        if options.heads < 1:
-            raise LaminaError(f"retnet: heads must be >= 1, got {options.heads}")
         self.heads = options.heads
         self.key_dim = expanded_width("retnet", d_model, options.expand_k, options.heads, "expand_k")
         self.value_dim = expanded_width("retnet", d_model, options.expand_v, options.heads, "expand_v")

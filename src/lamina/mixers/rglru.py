@@ -67,10 +67,6 @@ class RGLRUOptions:
     conv_width: int = 4  # taps of the causal conv before the RG-LRU
 
 
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 @register("rglru")
 class RGLRU(Mixer):
     Options = RGLRUOptions
@@ -78,12 +74,9 @@ class RGLRU(Mixer):
 
     def __init__(self, d_model: int, options: RGLRUOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)
-        for key in ("heads", "conv_width"):
-            if not _positive_int(getattr(options, key)):
-                raise LaminaError(f"rglru: {key} must be an integer >= 1, got {getattr(options, key)!r}")
         heads = options.heads
         width = options.width if options.width is not None else heads * math.ceil(4 * d_model / (3 * heads))
-        if not _positive_int(width) or width % heads:
+        if width % heads:
             raise LaminaError(
                 f"rglru: width must be a positive multiple of heads ({heads}) or null for 4/3 d_model, "
                 f"got {options.width!r}"

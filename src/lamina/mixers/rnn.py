@@ -35,7 +35,6 @@ from typing import ClassVar, Optional
 import torch
 from torch import nn
 
-from lamina.errors import LaminaError
 from lamina.mixers.base import Mixer, State, register
 
 
@@ -83,8 +82,6 @@ class _LibraryRNN(Mixer):
     def __init__(self, d_model: int, options: RNNOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)
         self.hidden = d_model if options.hidden is None else options.hidden
-        if self.hidden < 1:
-            raise LaminaError(f"{self.name}: hidden must be >= 1 (or null for d_model), got {self.hidden}")
         self.rnn = self.module(d_model, self.hidden, batch_first=True)
         self.out = nn.Linear(self.hidden, d_model, bias=False) if self.hidden != d_model else None
         self.reset_parameters()

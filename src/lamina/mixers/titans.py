@@ -88,23 +88,12 @@ class NeuralMemoryBranch(nn.Module):
     def __init__(self, d_model: int, options: TitansOptions, mixer: str):
         super().__init__()
         heads, head_dim = options.heads, options.head_dim
-        if not isinstance(heads, int) or heads < 1:
-            raise LaminaError(f"{mixer}: heads must be an integer >= 1, got {heads!r}")
         if head_dim is None:
             if d_model % heads:
                 raise LaminaError(f"{mixer}: d_model {d_model} does not split into {heads} heads; "
                                   "change heads or set head_dim")
             head_dim = d_model // heads
-        if not isinstance(head_dim, int) or head_dim < 1:
-            raise LaminaError(f"{mixer}: head_dim must be an integer >= 1 or null (d_model // heads), got {head_dim!r}")
-        if not isinstance(options.chunk_size, int) or options.chunk_size < 1:
-            raise LaminaError(f"{mixer}: chunk_size must be an integer >= 1 (1: exact per-token updates), "
-                              f"got {options.chunk_size!r}")
         theta_max = 0.5 / options.chunk_size if options.theta_max is None else options.theta_max
-        if not theta_max > 0:
-            raise LaminaError(
-                f"{mixer}: theta_max must be a number > 0 or null (1 / (2 chunk_size)), got {theta_max!r}"
-            )
         self.heads, self.head_dim, self.chunk_size, self.theta_max = heads, head_dim, options.chunk_size, theta_max
         self.qkv = nn.Linear(d_model, 3 * heads * head_dim, bias=False)
         self.gates = nn.Linear(d_model, 3 * heads, bias=False)  # theta, eta, alpha per head
@@ -212,8 +201,6 @@ class TitansAttention(Mixer):
         if K % 2:
             raise LaminaError(f"{self.name}: the head width {K} must be even for rotary positions; "
                               "change heads or head_dim")
-        if not isinstance(options.persistent, int) or options.persistent < 0:
-            raise LaminaError(f"{self.name}: persistent must be an integer >= 0, got {options.persistent!r}")
         self.qkv = nn.Linear(d_model, 3 * H * K, bias=False)
         self.persistent_kv = nn.Parameter(torch.empty(2, options.persistent, H, K))
         self.attn_norm = nn.RMSNorm(K, eps=1e-5)
@@ -259,8 +246,6 @@ class TitansMAG(TitansAttention):
     forms = ("recurrent", "chunk")
 
     def __init__(self, d_model: int, options: TitansMAGOptions, layer_idx: int = 0, n_layers: int = 1):
-        if not isinstance(options.window, int) or options.window < 1:
-            raise LaminaError(f"{self.name}: window must be an integer >= 1, got {options.window!r}")
         super().__init__(d_model, options, layer_idx, n_layers, options)
 
     def init_state(self, batch: int, device=None, dtype=None) -> State:

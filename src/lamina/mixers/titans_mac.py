@@ -58,7 +58,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from lamina.errors import LaminaError
 from lamina.mixers import kv_memory
 from lamina.mixers.base import State, register
 from lamina.mixers.titans import TitansAttention, TitansOptions
@@ -82,8 +81,6 @@ class TitansMAC(TitansAttention):
     forms = ("recurrent", "chunk")
 
     def __init__(self, d_model: int, options: TitansMACOptions, layer_idx: int = 0, n_layers: int = 1):
-        if not isinstance(options.segment, int) or options.segment < 1:
-            raise LaminaError(f"{self.name}: segment must be an integer >= 1, got {options.segment!r}")
         memory = TitansOptions(heads=options.heads, head_dim=options.head_dim, chunk_size=options.segment,
                                theta_max=options.theta_max)
         super().__init__(d_model, options, layer_idx, n_layers, memory)

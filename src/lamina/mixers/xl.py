@@ -122,22 +122,16 @@ class TransformerXL(Mixer):
 
     def __init__(self, d_model: int, options: XLOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)
-        if options.heads < 1 or d_model % options.heads or d_model % 2:
+        if d_model % options.heads or d_model % 2:
             raise LaminaError(
                 f"xl: d_model {d_model} must be even and split into heads={options.heads} equal heads; "
                 "change model.d_model or the heads option"
             )
-        if options.mem_len < 0:
-            raise LaminaError(f"xl: mem_len must be an integer >= 0, got {options.mem_len}")
-        if options.clamp_len is not None and options.clamp_len < 0:
-            raise LaminaError(f"xl: clamp_len must be an integer >= 0 or null, got {options.clamp_len}")
-        if options.cmem_len < 0 or (options.cmem_len and options.mem_len < 1):
+        if options.cmem_len and not options.mem_len:
             raise LaminaError(
-                f"xl: cmem_len must be an integer >= 0 and needs mem_len > 0 (the compressed memory is fed by "
-                f"states leaving the memory), got cmem_len={options.cmem_len}, mem_len={options.mem_len}"
+                f"xl: cmem_len needs mem_len > 0 (the compressed memory is fed by states leaving the memory), "
+                f"got cmem_len={options.cmem_len}, mem_len={options.mem_len}; set mem_len or cmem_len: 0"
             )
-        if options.cmem_rate < 1:
-            raise LaminaError(f"xl: cmem_rate must be an integer >= 1, got {options.cmem_rate}")
         if options.compress not in POOLS:
             raise LaminaError(f"xl: compress must be one of {', '.join(POOLS)}, got {options.compress!r}")
         self.heads = options.heads
