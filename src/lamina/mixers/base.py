@@ -37,7 +37,7 @@ State = tuple[torch.Tensor, ...]
 # What depends on the width (heads dividing d_model) is each mixer's own check, when it is built.
 OPTION_BOUNDS: dict[str, Bounds] = {
     "heads": Bounds(ge=1),
-    "head_dim": Bounds(ge=1, note="null: d_model // heads"),
+    "head_dim": Bounds(ge=1),
     "width": Bounds(ge=1, note="null: the mixer's default"),
     "hidden": Bounds(ge=1, note="null: d_model"),
     "expand": Bounds(ge=1),
@@ -60,7 +60,7 @@ OPTION_BOUNDS: dict[str, Bounds] = {
     "chunk_size": Bounds(ge=1),
     "persistent": Bounds(ge=0),
     "rope_base": Bounds(gt=0),
-    "theta_max": Bounds(gt=0, note="null: 1 / (2 chunk_size)"),
+    "theta_max": Bounds(gt=0, note="null: the mixer's default"),
     "norm_eps": Bounds(gt=0),
     "eps": Bounds(gt=0),
     "dt_min": Bounds(gt=0),
