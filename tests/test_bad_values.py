@@ -10,6 +10,7 @@ from lamina.mixers import mixer_names
 from lamina.models import build_model
 from lamina.train import budget
 from lamina.train.budget import check_fits, estimate_training_memory
+from train_harness import error_line
 
 GiB = 1 << 30
 
@@ -47,31 +48,20 @@ CLI_BAD = [
 
 @pytest.mark.parametrize("override,key", CLI_BAD, ids=[o for o, _ in CLI_BAD])
 def test_cli_refuses_a_bad_value_in_one_line(override, key, tmp_path, capsys, no_corpus):
-    from lamina.cli import main
-
     run = tmp_path / "run"
-    code = main(["train", "default", "data.corpus=stdlib", f"train.out_dir={run}", override])
-    out, err = capsys.readouterr()
-    assert code == 2
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("lamina: error: ") and key in lines[0], lines[0]
-    assert out == "" and not run.exists()
+    assert key in error_line(capsys, ["train", "default", "data.corpus=stdlib", f"train.out_dir={run}", override])
+    assert not run.exists()
 
 
 def test_cli_refuses_a_broken_config_file_in_one_line(tmp_path, capsys, no_corpus):
-    from lamina.cli import main
-
     path = tmp_path / "broken.yaml"
     path.write_text("model:\n  d_model: 64\n  layers: [hgrn, attn\ntrain:\n  steps: 5\n")
-    assert main(["train", str(path), f"train.out_dir={tmp_path / 'run'}"]) == 2
-    err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1 and str(path) in err and "line 4, column 6" in err, err
+    err = error_line(capsys, ["train", str(path), f"train.out_dir={tmp_path / 'run'}"])
+    assert str(path) in err and "line 4, column 6" in err, err
     latin = tmp_path / "latin.yaml"
     latin.write_bytes(b"model: {d_model: 64}\n# caf\xe9\n")
-    assert main(["train", str(latin), f"train.out_dir={tmp_path / 'run'}"]) == 2
-    err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1 and "not UTF-8" in err and str(latin) in err, err
+    err = error_line(capsys, ["train", str(latin), f"train.out_dir={tmp_path / 'run'}"])
+    assert "not UTF-8" in err and str(latin) in err, err
 
 
 # --------------------------------------------------------------------------- the memory estimate

@@ -17,6 +17,7 @@ import pytest
 import lamina.train.checkpoint as checkpoint
 from lamina.cli import main
 from lamina.train.run_dir import RunDir
+from train_harness import error_line
 
 FAST = ["train.steps=4", "train.save_every=2", "train.eval_every=2", "train.eval_tokens=512", "train.keep_checkpoints=5"]
 
@@ -27,12 +28,6 @@ def _tree(path: Path) -> dict[str, str]:
             for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-def _one_error(capsys, argv) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("lamina: error: ") and "\n" not in err, err
-    return err
 
 
 @pytest.fixture
@@ -71,9 +66,9 @@ def test_a_second_trainer_on_one_run_directory_is_refused(saved_run, capsys):
     try:
         assert holder.stdout.readline().strip() == "held"
         before = _tree(saved_run)
-        err = _one_error(capsys, ["train", "--resume", str(saved_run), "train.steps=6"])
+        err = error_line(capsys, ["train", "--resume", str(saved_run), "train.steps=6"])
         assert "in use" in err and f"PID {holder.pid}" in err
-        err = _one_error(capsys, ["train", "--overwrite", f"train.out_dir={saved_run}"])
+        err = error_line(capsys, ["train", "--overwrite", f"train.out_dir={saved_run}"])
         assert f"PID {holder.pid}" in err
         assert _tree(saved_run) == before, "a refused trainer wrote into the run directory"
     finally:
@@ -123,7 +118,7 @@ def test_a_broken_latest_falls_back_to_the_newest_intact_checkpoint(saved_run, c
 def test_no_intact_checkpoint_is_one_line(saved_run, capsys):
     for ckpt in saved_run.glob("ckpt-*"):
         (ckpt / "trainer.pt").write_bytes(b"garbage")
-    err = _one_error(capsys, ["eval", str(saved_run)])
+    err = error_line(capsys, ["eval", str(saved_run)])
     assert "no intact checkpoint" in err and "trainer.pt" in err
 
 
@@ -132,7 +127,7 @@ def test_a_full_disk_during_a_save_loses_nothing(saved_run, monkeypatch, capsys)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "save_file", full)
-    err = _one_error(capsys, ["train", "--resume", str(saved_run), "train.steps=6"])
+    err = error_line(capsys, ["train", "--resume", str(saved_run), "train.steps=6"])
     assert "No space left" in err and "disk is full" in err
     assert not [p for p in saved_run.iterdir() if ".tmp-" in p.name], "the partial checkpoint was left behind"
     assert (saved_run / "latest").read_text().strip() == "ckpt-0000004"
@@ -145,12 +140,12 @@ def test_an_unwritable_out_dir_is_refused_before_any_compute(tiny, tmp_path, mon
     monkeypatch.setattr(trainer, "load_corpus", lambda *a, **k: pytest.fail("the corpus was loaded"))
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    err = _one_error(capsys, ["train", *tiny, f"train.out_dir={blocker / 'run'}"])
+    err = error_line(capsys, ["train", *tiny, f"train.out_dir={blocker / 'run'}"])
     assert str(blocker) in err and "train.out_dir" in err
 
 
 def test_nan_loss_without_a_checkpoint_does_not_advise_resume(tiny, capsys):
-    err = _one_error(capsys, ["train", *tiny, "train.steps=50", "train.lr=1e30", "train.warmup_steps=1",
+    err = error_line(capsys, ["train", *tiny, "train.steps=50", "train.lr=1e30", "train.warmup_steps=1",
                               "train.grad_clip=1e30", "train.save_every=1000"])
     assert "no checkpoint was saved" in err and "--resume" not in err
 

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from lamina.cli import main
 from lamina.config import load_config
 from lamina.train import load_model, train
+from train_harness import error_line
 
 
 def test_train_learns_and_saves(tiny, tmp_path):
@@ -76,16 +77,10 @@ def test_ctrl_c_saves_and_exits_cleanly(tiny, tmp_path):
     assert "--resume" in proc.stdout.read().decode()
 
 
-def _error_line(capsys, argv) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("lamina: error: ") and "\n" not in err, err
-    return err
 
 
 def test_nan_loss_names_the_step(tiny, capsys):
-    err = _error_line(capsys, ["train", *tiny, "train.steps=50", "train.lr=1e30", "train.warmup_steps=1", "train.grad_clip=1e30"])
+    err = error_line(capsys, ["train", *tiny, "train.steps=50", "train.lr=1e30", "train.warmup_steps=1", "train.grad_clip=1e30"])
     assert "step" in err and "lr" in err
 
 
@@ -98,13 +93,13 @@ def test_nan_loss_names_the_step(tiny, capsys):
     ],
 )
 def test_bad_config_one_line(tiny, capsys, extra, words):
-    err = _error_line(capsys, ["train", *tiny, *extra])
+    err = error_line(capsys, ["train", *tiny, *extra])
     for word in words:
         assert word in err
 
 
 def test_missing_corpus_offline(tmp_path, capsys):
-    err = _error_line(capsys, ["train", "data.corpus=ptb", f"data.data_dir={tmp_path}", "data.download=false"])
+    err = error_line(capsys, ["train", "data.corpus=ptb", f"data.data_dir={tmp_path}", "data.download=false"])
     assert "ptb" in err and "ptb.train.txt" in err
 
 
@@ -112,7 +107,7 @@ def test_checksum_mismatch(tiny, tmp_path, capsys):
     bad = tmp_path / "data" / "tinyshakespeare"
     bad.mkdir(parents=True)
     (bad / "input.txt").write_bytes(b"?" * 1_115_394)  # the right size, the wrong bytes
-    err = _error_line(capsys, ["train", *tiny, "data.corpus=tinyshakespeare", f"data.data_dir={tmp_path / 'data'}",
+    err = error_line(capsys, ["train", *tiny, "data.corpus=tinyshakespeare", f"data.data_dir={tmp_path / 'data'}",
                                "data.download=false"])
     assert "sha256" in err and "input.txt" in err
 
@@ -121,7 +116,7 @@ def test_empty_corpus_file(tiny, tmp_path, capsys):
     empty = tmp_path / "data" / "tinyshakespeare"
     empty.mkdir(parents=True)
     (empty / "input.txt").write_bytes(b"")
-    err = _error_line(capsys, ["train", *tiny, "data.corpus=tinyshakespeare", f"data.data_dir={tmp_path / 'data'}",
+    err = error_line(capsys, ["train", *tiny, "data.corpus=tinyshakespeare", f"data.data_dir={tmp_path / 'data'}",
                                "data.download=false"])
     assert "empty" in err and "input.txt" in err
 
@@ -153,7 +148,7 @@ def test_corrupt_checkpoint(trained_run, tmp_path, capsys, damage):
     else:
         (ckpt / "manifest.json").write_text("{not json")
     for command in (["eval", str(run)], ["generate", str(run)], ["info", str(run)], ["train", "--resume", str(run)]):
-        err = _error_line(capsys, command)
+        err = error_line(capsys, command)
         assert "corrupt" in err or "truncated" in err
 
 
@@ -177,11 +172,11 @@ def test_a_fresh_run_never_replaces_a_saved_one_unless_asked(tiny, capsys):
     run = Path(first.train.out_dir)
     saved = sorted(p.name for p in run.glob("ckpt-*"))
     again = tiny + ["train.steps=2", "train.eval_every=2", "train.save_every=2"]
-    err = _error_line(capsys, ["train", *again])
+    err = error_line(capsys, ["train", *again])
     assert str(run) in err and "--resume" in err and "--overwrite" in err
     assert sorted(p.name for p in run.glob("ckpt-*")) == saved  # untouched
     assert main(["train", *again, "--overwrite"]) == 0
     assert sorted(p.name for p in run.glob("ckpt-*")) == ["ckpt-0000002"]  # nothing left of the first run
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in rows) == 2
-    assert "only one of them" in _error_line(capsys, ["train", "--resume", str(run), "--overwrite"])
+    assert "only one of them" in error_line(capsys, ["train", "--resume", str(run), "--overwrite"])

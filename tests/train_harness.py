@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from safetensors.torch import load_file
 
@@ -10,6 +12,18 @@ from lamina.eval import generate
 from lamina.eval.generate import decoding_extra
 from lamina.mixers.base import flatten_state
 from lamina.train import train
+
+
+def error_line(capsys, argv: list[str]) -> str:
+    """Run ``lamina ARGV``: it must fail with status 2 and one line on stderr, ``lamina[ VERB]: error: ...``,
+    which is returned."""
+    from lamina.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert re.match(r"lamina( \w+)?: error: ", err) and "\n" not in err, err
+    return err
 
 
 def check_resume_is_bit_exact(overrides: list[str], tmp_path):
