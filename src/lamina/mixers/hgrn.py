@@ -32,7 +32,8 @@ from torch import nn
 
 from lamina.errors import LaminaError
 from lamina.mixers.base import Mixer, State, register
-from lamina.mixers.lower_bound import LOWER_BOUNDS, SHARED, bounded_log_forget, layer_lower_bound
+from lamina.mixers.lower_bound import LOWER_BOUNDS, SHARED, bounded_forget, layer_lower_bound
+from lamina.ops.norm import gated_rms_norm
 from lamina.ops.scan import gated_scan, gated_scan_step
 
 __all__ = ["HGRN", "HGRNOptions", "LOWER_BOUNDS"]
@@ -58,7 +59,7 @@ class HGRN(Mixer):
         self.i_proj = nn.Linear(d_model, self.hidden, bias=False)
         self.f_proj = nn.Linear(d_model, self.hidden, bias=False)
         self.g_proj = nn.Linear(d_model, self.hidden, bias=False)
-        self.norm = nn.RMSNorm(self.hidden, eps=1e-5)
+        self.norm = nn.RMSNorm(self.hidden, eps=1e-5)  # its weight and eps, applied with the gate by gated_rms_norm
         self.out = nn.Linear(self.hidden, d_model, bias=False)
 
     def init_state(self, batch: int, device=None, dtype=None) -> State:
@@ -75,12 +76,12 @@ class HGRN(Mixer):
     def _inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The scan's input ``i`` (in x's dtype) and log forget gate ``g`` (fp32 or wider)."""
         acc = torch.promote_types(x.dtype, torch.float32)
-        g = bounded_log_forget(self.f_proj(x).to(acc), self.lower_bound(acc))
-        i = F.silu(self.i_proj(x)) * -torch.expm1(g)  # (1 - lambda), exact when lambda is near 1
+        g, forget_complement = bounded_forget(self.f_proj(x).to(acc), self.lower_bound(acc))
+        i = F.silu(self.i_proj(x)) * forget_complement  # (1 - lambda)
         return i.to(x.dtype), g
 
     def _output(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.norm(h.to(x.dtype)) * F.silu(self.g_proj(x)))
+        return self.out(gated_rms_norm(h, self.norm.weight, self.g_proj(x), self.norm.eps).to(x.dtype))
 
     def forward_chunk(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         i, g = self._inputs(x)

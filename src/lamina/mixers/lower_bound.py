@@ -11,7 +11,9 @@ forget fast and upper layers are made to remember. ``P`` starts at zeros
 so the bound keeps rising with depth across a hybrid schedule.
 
 The forget rate is ``lambda = gamma + (1 - gamma) * sigmoid(f)``; recurrences
-need its log, computed here without leaving log space.
+need its log, and HGRN its complement ``1 - lambda = (1 - gamma) * sigmoid(-f)``
+as the input gate, computed here without subtracting from 1 (exact when
+``lambda`` is near 1).
 """
 
 from __future__ import annotations
@@ -40,3 +42,17 @@ def bounded_log_forget(logits: torch.Tensor, gamma: torch.Tensor | None) -> torc
     if gamma is None:
         return log_f
     return torch.logaddexp(gamma.clamp_min(torch.finfo(gamma.dtype).tiny).log(), torch.log1p(-gamma) + log_f)
+
+
+def bounded_forget(logits: torch.Tensor, gamma: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log lambda, 1 - lambda)`` for ``lambda = gamma + (1 - gamma) * sigmoid(logits)`` (``gamma`` None: 0).
+
+    ``lambda >= gamma`` is formed directly and its log taken, fewer passes than
+    :func:`bounded_log_forget`; the clamp keeps ``lambda`` (and the log's
+    gradient) finite if a softmax weight underflows to 0.
+    """
+    if gamma is None:
+        return F.logsigmoid(logits), torch.sigmoid(-logits)
+    gamma = gamma.clamp_min(torch.finfo(gamma.dtype).tiny)
+    keep = 1 - gamma
+    return torch.addcmul(gamma, keep, torch.sigmoid(logits)).log(), keep * torch.sigmoid(-logits)

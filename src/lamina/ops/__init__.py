@@ -3,8 +3,8 @@
 Layout ``[B, T, ...]``, gates in log space, state accumulated in fp32. Each op
 family has a reference (a plain loop), a fast form and a single-step form,
 with the signature ``op(..., *, initial_state=None, output_final_state=False)
--> (out, final_state)``. The gate helpers of :mod:`lamina.ops.gates` are
-elementwise and have one form.
+-> (out, final_state)``. The gate helpers of :mod:`lamina.ops.gates` and the
+gated RMSNorm of :mod:`lamina.ops.norm` work per position and have one form.
 """
 
 from lamina.ops.compressive import compressive_memory
@@ -19,6 +19,7 @@ from lamina.ops.neural_memory import (
     neural_memory_reference,
     neural_memory_step,
 )
+from lamina.ops.norm import gated_rms_norm
 from lamina.ops.pooling import pool_groups
 from lamina.ops.scan import gated_scan, gated_scan_chunk, gated_scan_reference, gated_scan_step
 
@@ -37,6 +38,7 @@ __all__ = [
     "gla_chunk",
     "gla_reference",
     "gla_step",
+    "gated_rms_norm",
     "gated_scan",
     "gated_scan_chunk",
     "gated_scan_reference",
