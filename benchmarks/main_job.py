@@ -19,10 +19,11 @@ The projection adds them up as the trainer runs them: ``steps`` training steps,
 (checkpoint writes and imports are left out: about a second each).
 
 Machines shared with other work time badly, so sources are compared side by
-side: ``--against REV`` times the ``src/`` of a git revision (extracted to a
-temporary directory) and the working tree in alternating processes, several
-rounds, and reports medians of per-step times and their ratio. Wall time
-suffers most from other processes (with two threads on two cores a busy
+side: ``--against REV`` times the ``src/`` of a git revision and the working
+tree's (both copied to a temporary directory first, so that edits during the
+run change nothing) in alternating processes, several rounds, and reports
+medians of per-step times and their ratio, with the load average before and
+after. Wall time suffers most from other processes (with two threads on two cores a busy
 neighbour stalls every parallel region); ``--threads 1`` also reports CPU
 time, which a busy machine inflates far less. ``--isa avx2`` runs PyTorch's
 own kernels (ATen, oneDNN) and MKL's as on a CPU without AVX-512, such as an
@@ -112,6 +113,14 @@ def worker(args) -> None:
     print(json.dumps(row))
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
 def extract(rev: str, into: Path) -> Path:
     """``src/`` of git revision ``rev`` under ``into``; returns that ``src``."""
     into.mkdir(parents=True)
@@ -169,6 +178,7 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         sources = {"working tree": Path(shutil.copytree(ROOT / "src", Path(tmp) / "working-tree" / "src"))}
         if args.against:
@@ -194,8 +204,9 @@ def main() -> None:
         r["step_vs_base"] = r["step"] / b["step"] if b and r is not b else None
 
     ms = lambda v: "" if v is None else f"{1e3 * v:.0f}"  # noqa: E731
+    load = f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
     lines = [
-        f"# The main job's pieces ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)",
+        f"# The main job's pieces ({cpu_name()}, {os.cpu_count()} CPUs, {load})",
         "",
         f"`python benchmarks/main_job.py {' '.join(sys.argv[1:])}`: {args.rounds} rounds of {args.steps} timed steps "
         f"(after {args.warmup}) per source and setting, alternating sources; medians in ms (eval: one evaluation "
@@ -220,7 +231,9 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(table, encoding="utf-8")
-    out.with_suffix(".json").write_text(json.dumps({"command": sys.argv[1:], "rows": rows}, indent=1), encoding="utf-8")
+    out.with_suffix(".json").write_text(
+        json.dumps({"command": sys.argv[1:], "cpu": cpu_name(), "load": load, "rows": rows}, indent=1), encoding="utf-8"
+    )
 
 
 if __name__ == "__main__":
