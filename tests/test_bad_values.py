@@ -101,14 +101,14 @@ def test_a_model_too_big_for_memory_is_refused_before_allocation():
         check_fits(cfg, device="cpu")
     message = str(err.value)
     assert "\n" not in message
-    assert "model.d_model=100000" in message and "TB" in message and "available" in message
+    assert "model.d_model=100000" in message and "TiB" in message and "available" in message
     assert "lower model.d_model" in message
 
 
 def test_too_many_activations_point_at_the_batch(monkeypatch):
     monkeypatch.setattr(budget, "available_memory", lambda device: 1 * GiB)
     cfg = load_config("default", ["train.batch_size=512", "train.seq_len=1024"])
-    with pytest.raises(LaminaError, match=r"only 1\.0 GB is available in memory; lower train\.batch_size or train\.seq_len"):
+    with pytest.raises(LaminaError, match=r"only 1\.0 GiB is available in memory; lower train\.batch_size or train\.seq_len"):
         check_fits(cfg, device="cpu")
 
 

@@ -304,5 +304,5 @@ def test_unreadable_config_files_are_one_line(tmp_path, monkeypatch):
         return read_text(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "read_text", refuse)
-    with pytest.raises(LaminaError, match=r"^cannot read config file .*locked\.yaml: Permission denied$"):
+    with pytest.raises(LaminaError, match=r"^cannot read config file .*locked\.yaml: permission denied$"):
         load_config(str(locked))

@@ -163,7 +163,7 @@ def test_eval_generate_info(trained_run, capsys):
     assert out.startswith("ROMEO:") and len(out) > 20
     assert main(["info", str(trained_run)]) == 0
     out = capsys.readouterr().out
-    assert "parameters" in out and "state" in out and "MB to train" in out
+    assert "parameters" in out and "state" in out and "MiB to train" in out
 
 
 def test_a_fresh_run_never_replaces_a_saved_one_unless_asked(tiny, capsys):

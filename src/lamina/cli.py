@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from lamina.errors import LaminaError
+from lamina.errors import LaminaError, os_reason
 
 
 def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -44,7 +44,7 @@ def _prompt_bytes(args) -> bytes:
         try:
             return Path(args.prompt_file).read_bytes()
         except OSError as err:
-            raise LaminaError(f"cannot read --prompt-file {args.prompt_file}: {err.strerror}") from None
+            raise LaminaError(f"cannot read --prompt-file {args.prompt_file}: {os_reason(err)}") from None
     # argv arrives decoded with surrogateescape: fsencode gives back the exact bytes, valid UTF-8 or not
     return os.fsencode(args.prompt)
 
@@ -89,7 +89,7 @@ def _sample_text(model, tokenizer, prompt: bytes, context: int, args) -> None:
 def cmd_train(args) -> int:
     from lamina.config import apply_override, from_dict, load_config, Config
     from lamina.eval import format_metric
-    from lamina.train import load_checkpoint, resolve_checkpoint, train
+    from lamina.train import load_checkpoint, train
 
     preset, overrides = _split_args(args.items)
     if args.resume and args.overwrite:
@@ -97,8 +97,8 @@ def cmd_train(args) -> int:
     if args.resume:
         if preset:
             raise LaminaError("--resume continues a saved run with its own config; give overrides only")
-        resume = resolve_checkpoint(args.resume)
-        data = load_checkpoint(resume).config.to_dict()
+        resume = load_checkpoint(args.resume, with_trainer_state=True)
+        data = resume.config.to_dict()
         for assignment in overrides:
             apply_override(data, assignment)
         cfg = from_dict(Config, data)
@@ -254,7 +254,7 @@ def cmd_info(args) -> int:
     from lamina.data import corpus_names
     from lamina.mixers import mixer_names
     from lamina.models import build_model
-    from lamina.train import resolve_checkpoint
+    from lamina.train import load_checkpoint
     from lamina.train.budget import estimate_training_memory
 
     target, overrides = _split_args(args.items)
@@ -266,8 +266,9 @@ def cmd_info(args) -> int:
     if Path(target).is_dir():
         from lamina.train import load_model
 
-        model, tokenizer, cfg = load_model(resolve_checkpoint(target))
-        print(f"checkpoint {resolve_checkpoint(target)}")
+        ckpt = load_checkpoint(target)
+        model, tokenizer, cfg = load_model(ckpt)
+        print(f"checkpoint {ckpt.path}")
     else:
         cfg = load_config(target, overrides)
         vocab = cfg.model.vocab_size or (257 if cfg.data.tokenizer in (None, "bytes") else 0)

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
 
-from lamina.errors import LaminaError
+from lamina.errors import LaminaError, one_line, os_reason
 
 # --------------------------------------------------------------------------- bounds
 
@@ -299,7 +299,7 @@ class DataConfig:
     download: bool = True
 
 
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass
@@ -343,7 +343,7 @@ class TrainConfig:
     def __post_init__(self):
         check_values(self, self.config_key)
         if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
-            raise LaminaError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}; "
+            raise LaminaError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}; "
                               "e.g. train.device=auto (the default), which takes CUDA when there is one")
 
 
@@ -482,10 +482,6 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in files if p.name.endswith(".yaml"))
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def yaml_problem(err: yaml.YAMLError) -> str:
     """A YAML error on one line: ``line L, column C: <problem> (<context> that starts at line L', column C')``.
 
@@ -493,13 +489,13 @@ def yaml_problem(err: yaml.YAMLError) -> str:
     """
     mark = getattr(err, "problem_mark", None)
     problem = getattr(err, "problem", None) or getattr(err, "context", None) or str(err)
-    text = _one_line(problem)
+    text = one_line(problem)
     if mark is not None:
         text = f"line {mark.line + 1}, column {mark.column + 1}: {text}"
     context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
     if context and context != problem:
         where = f" that starts at line {context_mark.line + 1}, column {context_mark.column + 1}" if context_mark else ""
-        text += f" ({_one_line(context)}{where})"
+        text += f" ({one_line(context)}{where})"
     return text
 
 
@@ -529,7 +525,7 @@ def read_config_file(path: Path) -> str:
         raise LaminaError(f"config file {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
                           f"{err.start}); save it as UTF-8") from None
     except OSError as err:
-        raise LaminaError(f"cannot read config file {path}: {err.strerror or err}") from None
+        raise LaminaError(f"cannot read config file {path}: {os_reason(err)}") from None
 
 
 def load_preset(name_or_path: str) -> dict:

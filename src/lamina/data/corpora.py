@@ -29,7 +29,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import NamedTuple
 
-from lamina.errors import LaminaError
+from lamina.errors import LaminaError, format_bytes, one_line, os_reason
 
 log = logging.getLogger(__name__)
 
@@ -241,18 +241,6 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "lamina"
 
 
-def _fmt_bytes(n: int) -> str:
-    if n >= _M:
-        return f"{n / _M:.1f} MB"
-    if n >= 1000:
-        return f"{n / 1000:.1f} kB"
-    return f"{n} B"
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 class _Part(NamedTuple):
     """A resolved document: bytes ``[start, end)`` of ``path``, shown as ``label``."""
 
@@ -301,7 +289,7 @@ class Corpus:
                     f.seek(part.start)
                     docs.append(f.read(part.end - part.start))
             except OSError as e:
-                why = "permission denied" if isinstance(e, PermissionError) else _one_line(e.strerror or e)
+                why = os_reason(e)
                 raise LaminaError(
                     f"cannot read {part.path} of corpus '{self.name}' ({why}); make it readable, or leave it out"
                 ) from None
@@ -313,7 +301,7 @@ class Corpus:
 
     def _describe_split(self, split: str) -> str:
         parts = self._parts[split]
-        size = _fmt_bytes(sum(p.end - p.start for p in parts))
+        size = format_bytes(sum(p.end - p.start for p in parts))
         if split == "test" and parts == self._parts["valid"]:
             return "test = valid (no official test split)"
         if self.spec.split_rule == "path-hash":
@@ -491,7 +479,7 @@ def _download(spec: CorpusSpec, missing: list[FileSpec], dest: Path) -> dict[str
             try:
                 _fetch(src.url, tmp)
             except (OSError, HTTPException) as e:
-                raise _DownloadFailed(f"the download of {src.url} failed ({_one_line(e)})") from e
+                raise _DownloadFailed(f"the download of {src.url} failed ({one_line(e)})") from e
             for name, member in todo:
                 if src.archive is None:
                     _install(tmp, wanted[name], dest / name, spec, src.url)
@@ -501,7 +489,7 @@ def _download(spec: CorpusSpec, missing: list[FileSpec], dest: Path) -> dict[str
                         _extract_member(tmp, src.archive, member, src.url, part)
                     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as e:
                         part.unlink()
-                        raise _DownloadFailed(f"{src.url} is not a readable {src.archive} archive ({_one_line(e)})") from e
+                        raise _DownloadFailed(f"{src.url} is not a readable {src.archive} archive ({one_line(e)})") from e
                     except LaminaError:
                         part.unlink()
                         raise
@@ -546,7 +534,7 @@ def _load_files(spec: CorpusSpec, data_dir: str | os.PathLike | None, download: 
         except _DownloadFailed as e:
             raise _missing_error(spec, missing, dirs, str(e)) from None
         except OSError as e:
-            raise _missing_error(spec, missing, dirs, f"writing to the cache failed ({_one_line(e)})") from None
+            raise _missing_error(spec, missing, dirs, f"writing to the cache failed ({one_line(e)})") from None
     for f in spec.files:
         problem = _mismatch(paths[f.name], f)
         if problem is not None:

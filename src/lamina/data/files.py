@@ -51,14 +51,12 @@ from lamina.data.corpora import (
     SPLITS,
     Corpus,
     CorpusSpec,
-    _fmt_bytes,
-    _one_line,
     _Part,
     corpus_names,
     path_bucket,
     stdlib_split,
 )
-from lamina.errors import LaminaError
+from lamina.errors import LaminaError, format_bytes, os_reason
 
 BY_FILE_MIN_FILES = 10
 _BUCKETS = {"train": (0, 90), "valid": (90, 95), "test": (95, 100)}
@@ -127,16 +125,12 @@ class FileSet:
     def title(self) -> str:
         n = len(self.files)
         skipped = f", {self.skipped_empty:,} empty skipped" if self.skipped_empty else ""
-        return f"{self.given} ({n:,} file{'s' if n != 1 else ''}, {_fmt_bytes(self.size)}{skipped})"
-
-
-def _oserror(e: OSError) -> str:
-    return "permission denied" if isinstance(e, PermissionError) else _one_line(e.strerror or e)
+        return f"{self.given} ({n:,} file{'s' if n != 1 else ''}, {format_bytes(self.size)}{skipped})"
 
 
 def _unreadable(path: Path | str, e: OSError, what: str = "file") -> LaminaError:
     fix = "make it readable (chmod) or leave it out of data.corpus (e.g. with a glob)"
-    return LaminaError(f"cannot read the corpus {what} {path} ({_oserror(e)}); {fix}")
+    return LaminaError(f"cannot read the corpus {what} {path} ({os_reason(e)}); {fix}")
 
 
 def _not_found(given: str, path: str, as_corpus: bool) -> LaminaError:

@@ -33,7 +33,7 @@ from torch import nn
 
 from lamina.errors import LaminaError
 from lamina.mixers.base import Mixer, State, register
-from lamina.mixers.lower_bound import LOWER_BOUNDS, SHARED, bounded_log_forget, layer_lower_bound
+from lamina.mixers.lower_bound import LOWER_BOUNDS, SHARED, bounded_forget, layer_lower_bound
 from lamina.ops.gla import gla, gla_step
 
 
@@ -83,8 +83,7 @@ class HGRN2(Mixer):
     def _inputs(self, x: torch.Tensor):
         """q, k, v ``[..., H, expand_ratio]`` in x's dtype and the log decay in fp32 or wider."""
         acc = torch.promote_types(x.dtype, torch.float32)
-        g = bounded_log_forget(self.f_proj(x).to(acc), self.lower_bound(acc))
-        k = -torch.expm1(g)  # 1 - f, exact when f is near 1
+        g, k = bounded_forget(self.f_proj(x).to(acc), self.lower_bound(acc))  # k = 1 - f
         heads = lambda t: t.unflatten(-1, (self.heads, -1))  # noqa: E731
         return heads(F.silu(self.q_proj(x))), heads(k.to(x.dtype)), heads(self.i_proj(x)), heads(g)
 

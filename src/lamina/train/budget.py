@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from lamina.config import Config
-from lamina.errors import LaminaError
+from lamina.errors import LaminaError, format_bytes
 
 BYTES_PER_PARAMETER = 16  # fp32 weight + gradient + AdamW exp_avg + exp_avg_sq
 LOGIT_BYTES = 16  # per token and vocabulary entry: logits, log-softmax, its gradient, a temporary (measured 14.2)
@@ -90,16 +90,9 @@ class MemoryEstimate:
         return self.total
 
     def describe(self) -> str:
-        return (f"about {fmt_bytes(self.total)} to train: {self.parameters:,} parameters take {fmt_bytes(self.weights)} "
-                f"with gradients and AdamW moments, activations {fmt_bytes(self.activations + self.logits)}")
+        return (f"about {format_bytes(self.total)} to train: {self.parameters:,} parameters take {format_bytes(self.weights)} "
+                f"with gradients and AdamW moments, activations {format_bytes(self.activations + self.logits)}")
 
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1024 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
 
 
 def config_vocab_size(cfg: Config) -> int:
@@ -190,16 +183,16 @@ def check_fits(cfg: Config, vocab_size: int | None = None, device: torch.device 
     if estimate.total <= free:
         return estimate
     t = cfg.train
-    weights = (f"{estimate.parameters:,} parameters at model.d_model={cfg.model.d_model}: {fmt_bytes(estimate.weights)} "
+    weights = (f"{estimate.parameters:,} parameters at model.d_model={cfg.model.d_model}: {format_bytes(estimate.weights)} "
                f"of weights, gradients and AdamW moments at {BYTES_PER_PARAMETER} bytes each")
     segments = f"{t.bptt_segments} segments of " if t.bptt_segments > 1 else ""
-    acts = f"{fmt_bytes(estimate.activations + estimate.logits)} of activations for {segments}{t.batch_size} x {t.seq_len} tokens"
+    acts = f"{format_bytes(estimate.activations + estimate.logits)} of activations for {segments}{t.batch_size} x {t.seq_len} tokens"
     lower_model = "lower model.d_model, model.mlp_hidden or the number of model.layers"
     lower_batch = "lower train.batch_size or train.seq_len" + (" or train.bptt_segments" if t.bptt_segments > 1 else "")
     advice = (f"{lower_model} (or {lower_batch})" if estimate.weights >= estimate.activations + estimate.logits
               else f"{lower_batch} (or {lower_model})")
     where = f"free on {device}" if device.type == "cuda" else "available in memory"
     raise LaminaError(
-        f"this run needs about {fmt_bytes(estimate.total)} to train ({weights}; {acts}) but only {fmt_bytes(free)} "
+        f"this run needs about {format_bytes(estimate.total)} to train ({weights}; {acts}) but only {format_bytes(free)} "
         f"is {where}; {advice}"
     )

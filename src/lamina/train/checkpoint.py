@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from lamina.config import Config, config_from_yaml
 from lamina.errors import LaminaError
+from lamina.train.run_dir import temporary_path, write_error
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
@@ -59,7 +60,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
@@ -82,7 +83,7 @@ def save_checkpoint(
     checkpoint and ``latest`` are untouched."""
     run_dir.mkdir(parents=True, exist_ok=True)
     name = f"ckpt-{step:07d}"
-    tmp = run_dir / f".{name}.tmp-{os.getpid()}"
+    tmp = temporary_path(run_dir / name)
     try:
         _write_checkpoint(tmp, step, config, tokenizer, model_state, trainer_state)
         final = run_dir / name
@@ -93,9 +94,7 @@ def save_checkpoint(
         _fsync_dir(run_dir)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        run_dir.joinpath(f".{LATEST}.tmp-{os.getpid()}").unlink(missing_ok=True)
-        from lamina.train.run_dir import write_error
-
+        temporary_path(run_dir / LATEST).unlink(missing_ok=True)
         raise write_error(run_dir / name, err, "save the checkpoint") from None
     old = sorted(p for p in run_dir.glob("ckpt-*") if p.is_dir() and p.name != name)
     for stale in old[: max(0, len(old) - (keep - 1))]:
@@ -121,30 +120,20 @@ def _write_checkpoint(tmp: Path, step: int, config: Config, tokenizer: dict, mod
     _fsync_dir(tmp)
 
 
-def _newest_first(run_dir: Path) -> list[Path]:
-    """The checkpoint ``latest`` names, then every ``ckpt-*`` directory, newest first."""
-    saved = sorted((p for p in run_dir.glob("ckpt-*") if p.is_dir()), reverse=True)
-    try:
-        named = (run_dir / LATEST).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        named = ""
-    first = [run_dir / named] if named and (run_dir / named) in saved else []
-    return first + [p for p in saved if p not in first]
-
-
-def _latest_problem(run_dir: Path) -> str:
+def _read_latest(run_dir: Path) -> tuple[str, str]:
+    """``(name, problem)``: the checkpoint ``latest`` names, and what is wrong with it (``""`` if nothing)."""
     latest = run_dir / LATEST
     if not latest.is_file():
-        return f"{latest} is missing"
+        return "", f"{latest} is missing"
     try:
         named = latest.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as err:
-        return f"{latest} is unreadable ({err})"
+        return "", f"{latest} is unreadable ({err})"
     if not named:
-        return f"{latest} is empty"
+        return "", f"{latest} is empty"
     if not (run_dir / named / MANIFEST).is_file():
-        return f"{latest} names {named}, which is missing or incomplete"
-    return ""
+        return named, f"{latest} names {named}, which is missing or incomplete"
+    return named, ""
 
 
 def resolve_checkpoint(path: str | Path, note=None) -> Path:
@@ -159,12 +148,14 @@ def resolve_checkpoint(path: str | Path, note=None) -> Path:
     if (path / MANIFEST).is_file():
         verify_checkpoint(path)
         return path
-    candidates = _newest_first(path)
+    named, problem = _read_latest(path)
+    saved = sorted((p for p in path.glob("ckpt-*") if p.is_dir()), reverse=True)
+    candidates = sorted(saved, key=lambda p: p.name != named)  # the one latest names first, then newest first
     if not candidates:
         if (path / LATEST).exists():
-            raise LaminaError(f"{path} holds no checkpoint ({_latest_problem(path)} and there is no ckpt-* directory)")
+            raise LaminaError(f"{path} holds no checkpoint ({problem} and there is no ckpt-* directory)")
         raise LaminaError(f"{path} is not a lamina checkpoint (no {MANIFEST}) or run directory (no {LATEST})")
-    problems = [_latest_problem(path)] if _latest_problem(path) else []
+    problems = [problem] if problem else []
     for ckpt in candidates:
         try:
             verify_checkpoint(ckpt)
@@ -216,12 +207,13 @@ def load_checkpoint(path: str | Path, with_trainer_state: bool = False) -> Check
     return Checkpoint(ckpt, config, tokenizer, model_state, trainer_state)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """A trained model ready for evaluation or generation: ``(model, tokenizer, config)``."""
+def load_model(path: str | Path | Checkpoint, device: str | torch.device = "cpu"):
+    """A trained model ready for evaluation or generation: ``(model, tokenizer, config)``, from a run or
+    checkpoint directory or an already loaded checkpoint."""
     from lamina.data import tokenizer_from_dict
     from lamina.models import build_model
 
-    ckpt = load_checkpoint(path)
+    ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path)
     tokenizer = tokenizer_from_dict(ckpt.tokenizer)
     model = build_model(ckpt.config.model, ckpt.config.model.vocab_size or tokenizer.vocab_size)
     try:

@@ -17,7 +17,7 @@ import re
 import shutil
 from pathlib import Path
 
-from lamina.errors import LaminaError
+from lamina.errors import LaminaError, os_reason
 
 try:
     import fcntl
@@ -25,7 +25,12 @@ except ImportError:  # not on POSIX: runs are not locked
     fcntl = None
 
 LOCK = ".lock"
-_TEMPORARY = re.compile(r"^\..*\.tmp-(\d+)$")  # checkpoint.py's temporary names: .ckpt-0000100.tmp-PID, .latest.tmp-PID
+_TEMPORARY = re.compile(r"^\..*\.tmp-(\d+)$")  # what temporary_path makes: .ckpt-0000100.tmp-PID, .latest.tmp-PID
+
+
+def temporary_path(path: Path) -> Path:
+    """Where this process writes ``path`` before renaming it into place; a dead writer's leftovers are found by name."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def _alive(pid: int) -> bool:
@@ -46,7 +51,7 @@ def write_error(path: Path, err: OSError, what: str) -> LaminaError:
         advice = "it is not writable: choose a writable train.out_dir"
     else:
         advice = "choose another train.out_dir"
-    return LaminaError(f"cannot {what} {path} ({err.strerror or err}); {advice}")
+    return LaminaError(f"cannot {what} {path} ({os_reason(err)}); {advice}")
 
 
 class RunDir:

@@ -158,8 +158,9 @@ def _eval_tokens(t, final: bool, trained_since: int) -> int:
     return min(t.eval_tokens, trained_since) if t.eval_tokens else trained_since
 
 
-def train(cfg: Config, resume: str | Path | None = None, log=print, overwrite: bool = False) -> TrainResult:
-    """Train (or resume) a run described by ``cfg``; returns the final model and metrics.
+def train(cfg: Config, resume: str | Path | Checkpoint | None = None, log=print, overwrite: bool = False) -> TrainResult:
+    """Train (or resume: a run or checkpoint directory, or one loaded with its trainer state) a run described by
+    ``cfg``; returns the final model and metrics.
 
     The run directory (:func:`run_dir_for`) is locked for the whole run (:class:`RunDir`). A fresh run's
     directory must not hold another saved run unless ``overwrite`` (see :func:`claim_run_dir`)."""
@@ -167,7 +168,9 @@ def train(cfg: Config, resume: str | Path | None = None, log=print, overwrite: b
     device = pick_device(t.device)
     check_fits(cfg, cfg.model.vocab_size or None, device)  # on the meta device: a run too big stops before any data
     cfg.data.corpus = canonical_corpus(cfg.data.corpus)  # a path is saved absolute: eval finds it from anywhere
-    ckpt = load_checkpoint(resume, with_trainer_state=True) if resume else None
+    ckpt = resume if isinstance(resume, Checkpoint) or not resume else load_checkpoint(resume, with_trainer_state=True)
+    if ckpt is not None and ckpt.trainer_state is None:
+        raise ValueError("resuming needs the trainer state: load the checkpoint with with_trainer_state=True")
     run_dir = run_dir_for(cfg, ckpt)
     with RunDir(run_dir, log):
         if not ckpt or run_dir != ckpt.path.parent:
