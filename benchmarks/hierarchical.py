@@ -34,7 +34,8 @@ from lamina.data import load_corpus
 from lamina.data.noise import corrupt
 from lamina.eval import evaluate
 from lamina.models import build_model
-from lamina.train import pick_device, train
+from lamina.runtime import pick_device
+from lamina.train import train
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = ("flat", "hat", "megabyte", "word")

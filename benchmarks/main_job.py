@@ -64,7 +64,10 @@ def worker(args) -> None:
     from lamina.data import StreamBatcher, build_tokenizer, encode_split, load_corpus
     from lamina.eval import evaluate, generate
     from lamina.models import build_model
-    from lamina.train.trainer import lr_factor, make_optimizer
+    try:
+        from lamina.runtime import lr_factor, make_optimizer
+    except ImportError:  # a revision from before lamina.runtime (--against)
+        from lamina.train.trainer import lr_factor, make_optimizer
 
     torch.set_num_threads(args.worker_threads)
     cpu = torch.device("cpu")

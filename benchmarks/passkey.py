@@ -34,7 +34,7 @@ from lamina.data.passkey import min_length, passkey_prompt
 from lamina.data.tokenizers import ByteTokenizer
 from lamina.eval import passkey_accuracy
 from lamina.models import LM
-from lamina.train import pick_device
+from lamina.runtime import pick_device
 
 RESULTS = Path(__file__).parent / "results"
 TRAIN_SEEDS = 10**9  # training prompts use seeds from here on; evaluation uses 0, 1, ...

@@ -3,8 +3,8 @@
 Arora et al. 2023 ("Zoology", §3, Fig. 2 and appendix E) train two-layer models of several widths on
 multi-query associative recall at sequence lengths 64 to 512, the number of key-value pairs growing with the
 length, vocabulary 8192, and plot each model's accuracy (best learning rate per width) against its state size.
-This script runs that grid with ``lamina.eval.recall``: every setting (``seq_len:kv_pairs``) x model x width x
-learning rate is one run of :func:`lamina.eval.recall.run_recall`, ``--jobs`` of them at once in worker processes
+This script runs that grid with ``lamina.tools.recall``: every setting (``seq_len:kv_pairs``) x model x width x
+learning rate is one run of :func:`lamina.tools.recall.run_recall`, ``--jobs`` of them at once in worker processes
 (several small models share one GPU). Zoology trains on 100,000 examples for 64 epochs per run; the defaults here
 are far smaller, so a grid fits in minutes: its accuracies are lower bounds on what each model can learn.
 
@@ -29,13 +29,14 @@ import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
-from lamina.cli import positive_list
+from lamina.cli.args import positive_list
+from lamina.data.mqar import RecallTask
 from lamina.errors import LaminaError
-from lamina.eval.recall import (
-    RecallResult, RecallRun, RecallTask, describe_run, plot_recall, recall_config, run_many, sweep_cells, sweep_table,
-)
 from lamina.plotting import pyplot
-from lamina.train import pick_device
+from lamina.runtime import pick_device
+from lamina.tools.recall import (
+    RecallResult, RecallRun, describe_run, plot_recall, recall_config, run_many, sweep_cells, sweep_table,
+)
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_MODELS = "attn,hgrn,gla,mamba2,deltanet,gated_deltanet,linear_attn"

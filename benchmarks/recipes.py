@@ -37,7 +37,8 @@ from lamina.data import build_tokenizer, encode_split, load_corpus
 from lamina.eval import evaluate
 from lamina.models import build_model
 from lamina.plotting import pyplot
-from lamina.train import pick_device, train
+from lamina.runtime import pick_device
+from lamina.train import train
 
 RESULTS = Path(__file__).parent / "results"
 

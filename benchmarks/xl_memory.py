@@ -24,7 +24,8 @@ import torch
 from lamina.config import load_config
 from lamina.data import encode_split, load_corpus, metric_unit
 from lamina.eval import evaluate, format_metric
-from lamina.train import pick_device, train
+from lamina.runtime import pick_device
+from lamina.train import train
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -23,10 +23,10 @@ def no_corpus(monkeypatch):
         pytest.fail("the corpus was loaded before the bad value was refused")
 
     import lamina.data
-    import lamina.train.trainer
+    import lamina.train.setup
 
     monkeypatch.setattr(lamina.data, "load_corpus", refuse)
-    monkeypatch.setattr(lamina.train.trainer, "load_corpus", refuse, raising=False)
+    monkeypatch.setattr(lamina.train.setup, "load_corpus", refuse)
 
 
 CLI_BAD = [

@@ -6,8 +6,8 @@ import multiprocessing
 import pytest
 import torch
 
-from lamina import bench
-from lamina.bench import Item, Settings
+from lamina.tools import bench
+from lamina.tools.bench import DEFAULTS, Item, Settings
 from lamina.cli import main
 
 SMALL = ["--device", "cpu", "--d-model", "32", "--threads", "1", "--decode-steps", "4", "--repeats", "1"]
@@ -91,8 +91,8 @@ def test_bad_arguments_are_one_line_errors(argv, message, tmp_path, capsys):
 
 def test_prompt_memory_keeps_the_prompt_or_the_window():
     """Decoding reads the whole prompt through full attention, a sliding window's worth through windowed attention."""
-    cfg = bench.arch_config("attn", ["model.layers=[attn, {attn: {window: 8}}]", "model.mixers={attn: {heads: 2}}"],
-                            Settings(device="cpu", d_model=16, layers=2, batch=1))
+    cfg = Settings(device="cpu", d_model=16, layers=2, batch=1).config(
+        "attn", ["model.layers=[attn, {attn: {window: 8}}]", "model.mixers={attn: {heads: 2}}"])
     model = bench.build_model(cfg.model, bench.vocab_size(cfg))
     full, windowed = model.memory_layers()
     with bench.prompt_memory(model, 100):
@@ -102,3 +102,12 @@ def test_prompt_memory_keeps_the_prompt_or_the_window():
     with bench.prompt_memory(model, 5):
         assert (full.mem_len, windowed.mem_len) == (5, 5)
     assert (full.mem_len, windowed.mem_len) == (0, 0)
+
+
+def test_settings_take_the_device_defaults_for_what_is_not_given():
+    cpu = Settings.for_device("cpu", d_model=8, repeats=2)
+    assert (cpu.d_model, cpu.layers, cpu.batch, cpu.repeats) == (8, DEFAULTS["cpu"]["layers"], DEFAULTS["cpu"]["batch"], 2)
+    assert 0 < cpu.max_memory_gb < 2**20  # half of this machine's memory
+    cuda = Settings.for_device("cuda", batch=3)
+    assert (cuda.d_model, cuda.layers, cuda.batch) == (DEFAULTS["cuda"]["d_model"], DEFAULTS["cuda"]["layers"], 3)
+    assert cuda.max_memory_gb is None  # on CUDA the allocator reports running out

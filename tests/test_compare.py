@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from lamina.cli import main
-from lamina.compare import Budget, arch_config, count_parameters, plan
+from lamina.config import load_config
+from lamina.tools.compare import Budget, count_parameters, plan, with_width
 from lamina.errors import LaminaError
 
 TOKENS = 4 * 32 * 6  # six steps of 4x32 tokens
@@ -54,7 +55,7 @@ def test_matched_width_is_the_nearest(small):
         counts = {}
         for d in range(8, 257, 8):
             try:
-                counts[d] = count_parameters(arch_config(arch.name, small, d), arch.vocab)
+                counts[d] = count_parameters(load_config(arch.name, with_width(small, d)), arch.vocab)
             except LaminaError:
                 continue
         best = min(counts, key=lambda d: abs(counts[d] - target))

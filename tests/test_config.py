@@ -2,7 +2,7 @@
 
 import pytest
 
-from lamina.config import Config, config_from_yaml, load_config, preset_names
+from lamina.config import Config, config_from_yaml, load_config, preset_names, with_overrides
 from lamina.errors import LaminaError
 from lamina.models import build_model, parse_layers
 
@@ -51,6 +51,26 @@ def test_layer_schedule_forms():
 def test_unknown_preset():
     with pytest.raises(LaminaError, match="unknown preset"):
         load_config("no-such-preset")
+
+
+def test_an_architecture_name_with_a_depth():
+    """A mixer's name gets the layers asked for, also where a preset has its name (which keeps its other
+    settings); a preset of another name keeps its own schedule; overrides still come last."""
+    default, xl = load_config("default"), load_config("xl")
+    assert load_config("hgrn", layers=3).model.layers == ["hgrn"] * 3
+    assert load_config("hgrn").model.layers == ["hgrn"] * len(default.model.layers)
+    two_xl = load_config("xl", layers=2)
+    assert two_xl.model.layers == ["xl", "xl"] and two_xl.train == xl.train and two_xl.preset == "xl"
+    assert load_config("samba", layers=2).model.layers == load_config("samba").model.layers
+    assert load_config("gru", ["model.layers=[attn]"], layers=4).model.layers == ["attn"]
+
+
+def test_with_overrides_checks_again():
+    cfg = load_config("default")
+    changed = with_overrides(cfg, ["train.steps=9"])
+    assert changed.train.steps == 9 and cfg.train.steps != 9 and changed.model == cfg.model
+    with pytest.raises(LaminaError, match="train.steps"):
+        with_overrides(cfg, ["train.steps=0"])
 
 
 def test_config_defaults_round_trip():

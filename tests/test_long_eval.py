@@ -5,7 +5,7 @@ import torch
 
 from lamina.config import ModelConfig
 from lamina.errors import LaminaError
-from lamina.eval import evaluate, loss_by_position
+from lamina.eval import evaluate, loss_by_position, score
 from lamina.eval.evaluate import document_positions
 from lamina.models import LM
 
@@ -98,3 +98,17 @@ def test_streaming_keeps_no_graph():
     for _, i, _, losses in _segment_losses(model, tokens, batch_size=2, tgt_len=16, carry=True, max_tokens=0,
                                            device=torch.device("cpu"), precision="auto", name="test"):
         assert not losses.requires_grad
+
+
+def test_score_passes_in_the_modes_asked():
+    """``lamina eval``'s passes: one per carry mode, in order, each the plain evaluation (by position if asked)."""
+    model, tokens = tiny_lm(), stream([30, 50, 20])
+    common = dict(batch_size=2, tgt_len=8, device="cpu")
+    plain = list(score(model, tokens, [True, False], **common))
+    assert [p.carry for p in plain] == [True, False] and all(p.buckets is None for p in plain)
+    for p in plain:
+        assert p.result == evaluate(model, tokens, carry=p.carry, **common)
+    assert plain[0].result.nats != plain[1].result.nats  # the carried state changes the loss
+    (by_position,) = score(model, tokens, [True], edges=[4, 16], eos_id=EOS, **common)
+    assert by_position.buckets.counts and sum(by_position.buckets.counts) == plain[0].result.tokens
+    assert by_position.result.nats == pytest.approx(plain[0].result.nats, rel=1e-6)

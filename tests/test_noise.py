@@ -3,7 +3,7 @@
 import pytest
 
 from lamina.cli import main
-from lamina.data.noise import NEIGHBOURS, corrupt
+from lamina.data.noise import NEIGHBOURS, corrupt, corrupt_documents
 from lamina.errors import LaminaError
 
 TEXT = ("The quick brown fox jumps over the lazy dog while 42 zebras watch. " * 60).encode()
@@ -40,6 +40,13 @@ def test_keeps_case_and_any_bytes():
     noisy = bytes(range(256)) * 4
     assert isinstance(corrupt(noisy, 0.5, seed=0), bytes)  # invalid UTF-8 passes through edits unharmed
     assert corrupt(noisy, 0.0, seed=0) == noisy
+
+
+def test_documents_are_corrupted_each_with_its_own_seed():
+    docs = [b"the same text, twice over", b"the same text, twice over"]
+    out = corrupt_documents(docs, 0.5, seed=3)
+    assert out == [corrupt(docs[0], 0.5, seed=3_000_009), corrupt(docs[1], 0.5, seed=3_000_010)]
+    assert out[0] != out[1] and out == corrupt_documents(docs, 0.5, seed=3)
 
 
 def test_bad_rate():

@@ -135,9 +135,9 @@ def test_a_full_disk_during_a_save_loses_nothing(saved_run, monkeypatch, capsys)
 
 
 def test_an_unwritable_out_dir_is_refused_before_any_compute(tiny, tmp_path, monkeypatch, capsys):
-    import lamina.train.trainer as trainer
+    import lamina.train.setup as setup
 
-    monkeypatch.setattr(trainer, "load_corpus", lambda *a, **k: pytest.fail("the corpus was loaded"))
+    monkeypatch.setattr(setup, "load_corpus", lambda *a, **k: pytest.fail("the corpus was loaded"))
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     err = error_line(capsys, ["train", *tiny, f"train.out_dir={blocker / 'run'}"])

@@ -578,9 +578,25 @@ def apply_override(data: dict, assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def load_config(preset: str = "default", overrides: list[str] = ()) -> Config:
-    """Preset (name or file) plus ``key=value`` overrides, validated."""
+def load_config(preset: str = "default", overrides: list[str] = (), layers: int | None = None) -> Config:
+    """The one place an architecture's name becomes a config: a preset (a shipped preset's name or a YAML file) or
+    a mixer's name (see :func:`load_preset`), then ``key=value`` overrides, validated. With ``layers``, a mixer's
+    name gets that many layers of its mixer, even where a preset has its name: the analysis tools set the depth
+    of the mixers they compare; a preset of another name keeps its own layer schedule."""
     data = load_preset(preset)
+    if layers is not None:
+        from lamina.mixers import mixer_names
+
+        if preset in mixer_names():
+            data["model"]["layers"] = [preset] * layers
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return from_dict(Config, data)
+
+
+def with_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """``cfg`` with ``key=value`` overrides, validated again (a resumed run's saved config, for one)."""
+    data = cfg.to_dict()
     for assignment in overrides:
         apply_override(data, assignment)
     return from_dict(Config, data)

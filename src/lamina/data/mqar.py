@@ -28,9 +28,15 @@ Departures from Zoology's generator, which draws from NumPy's global seed: this 
 ``torch.Generator``, so the same seed gives the same examples here on any machine, but not Zoology's examples;
 the statistics are the same. Zoology also asserts ``vocab_size > input_seq_len`` and an even length; neither is
 needed to build an example, so only what is (enough keys, values and query slots) is checked.
+
+A :class:`RecallTask` names one setting and its two example sets (the test set drawn with another seed, as in
+Zoology); :func:`shuffle_labels` builds the control in which keys no longer predict their values.
 """
 
 from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -106,3 +112,39 @@ def mqar(
         blank = inputs == 0
         inputs[blank] = filler[blank]
     return inputs, labels
+
+
+@dataclass(frozen=True)
+class RecallTask:
+    """Zoology's MQAR parameters (see :func:`mqar`) and the sizes of the train and test example sets."""
+
+    vocab_size: int = 64
+    input_seq_len: int = 32
+    num_kv_pairs: int = 4
+    power_a: float = 0.01
+    random_non_queries: bool = True
+    num_passes: int = 1
+    train_examples: int = 4000
+    test_examples: int = 500
+
+    def examples(self, split: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs, labels)`` of ``split``; test examples use seed ``seed + 10`` (Zoology's offset)."""
+        params = {k: v for k, v in asdict(self).items() if not k.endswith("_examples")}
+        n = self.train_examples if split == "train" else self.test_examples
+        return mqar(n, **params, seed=seed if split == "train" else seed + 10)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_examples(task: RecallTask, split: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``task.examples(split, seed)``, kept for the next run of the same task: a sweep trains many models on the
+    same examples, and building 20,000 of them takes seconds. Callers must not modify the tensors."""
+    return task.examples(split, seed)
+
+
+def shuffle_labels(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A control: the query labels permuted across all examples, so a key no longer predicts its value."""
+    out = labels.clone()
+    query = out != IGNORE
+    values = out[query]
+    out[query] = values[torch.randperm(len(values), generator=gen)]
+    return out

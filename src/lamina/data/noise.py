@@ -66,3 +66,9 @@ def corrupt(text: bytes, rate: float, seed: int = 0) -> bytes:
         # "drop", and "substitute" of a character with no keyboard neighbours, write nothing
         i += 1
     return "".join(out).encode("utf-8", errors="surrogateescape")
+
+
+def corrupt_documents(documents, rate: float, seed: int = 0) -> list[bytes]:
+    """Every document through :func:`corrupt`, each with its own seed drawn from ``seed`` and its index, so one
+    document's noise does not depend on the others'."""
+    return [corrupt(doc, rate, seed=seed * 1_000_003 + i) for i, doc in enumerate(documents)]

@@ -17,7 +17,6 @@ within its evaluation stream, into buckets of position ranges.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from lamina.data import StreamBatcher
 from lamina.errors import LaminaError
 from lamina.progress import Progress
+from lamina.runtime import autocast_for
 
 POSITIONS = ("document", "stream")
 
@@ -66,14 +66,6 @@ class BucketResult:
     def total(self) -> EvalResult:
         count = sum(self.counts)
         return EvalResult(sum(self.sums) / max(count, 1), count)
-
-
-def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast on CUDA unless fp32 is asked for; nothing on CPU unless bf16 is asked for."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def _segment_losses(

@@ -2,7 +2,8 @@
 "Zoology", §3 and appendix E: two layers, cross-entropy on the query positions only, accuracy = the fraction of
 queries whose argmax prediction is the paired value; a sweep takes the best learning rate per model and width).
 
-Examples come from :func:`lamina.data.mqar.mqar`; the test set uses another seed, as in Zoology. A sweep is a
+Examples come from :class:`lamina.data.mqar.RecallTask`; the test set uses another seed, as in Zoology. Training
+takes the steps of ``lamina train`` (:class:`lamina.train.step.Stepper`). A sweep is a
 list of :class:`RecallRun` (task, model, width, learning rate); :func:`run_many` trains them, in parallel worker
 processes if asked (several small models share one GPU), and :func:`sweep_cells` groups the results by model and
 width for :func:`sweep_table` and :func:`plot_recall`. ``lamina recall --sweep`` runs one task;
@@ -11,53 +12,25 @@ width for :func:`sweep_table` and :func:`plot_recall`. ``lamina recall --sweep``
 
 from __future__ import annotations
 
-import functools
 import math
 import multiprocessing
 import os
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from lamina.config import Config, TrainConfig
-from lamina.data.mqar import IGNORE, mqar
+from lamina.config import Config, TrainConfig, load_config
+from lamina.data.mqar import IGNORE, RecallTask, cached_examples, shuffle_labels
 from lamina.errors import LaminaError
-from lamina.eval.evaluate import autocast_for
+from lamina.models import build_model
 from lamina.plotting import pyplot
 from lamina.progress import Progress
-from lamina.models import build_model
-from lamina.train.trainer import lr_factor, make_optimizer
-
-
-@dataclass(frozen=True)
-class RecallTask:
-    """Zoology's MQAR parameters (see :mod:`lamina.data.mqar`) and the sizes of the two example sets."""
-
-    vocab_size: int = 64
-    input_seq_len: int = 32
-    num_kv_pairs: int = 4
-    power_a: float = 0.01
-    random_non_queries: bool = True
-    num_passes: int = 1
-    train_examples: int = 4000
-    test_examples: int = 500
-
-    def examples(self, split: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(inputs, labels)`` of ``split``; test examples use seed ``seed + 10`` (Zoology's offset)."""
-        params = {k: v for k, v in asdict(self).items() if not k.endswith("_examples")}
-        n = self.train_examples if split == "train" else self.test_examples
-        return mqar(n, **params, seed=seed if split == "train" else seed + 10)
-
-
-@functools.lru_cache(maxsize=4)
-def cached_examples(task: RecallTask, split: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``task.examples(split, seed)``, kept for the next run of the same task: a sweep trains many models on the
-    same examples, and building 20,000 of them takes seconds. Callers must not modify the tensors."""
-    return task.examples(split, seed)
+from lamina.runtime import autocast_for
+from lamina.train.step import Stepper
 
 
 @dataclass
@@ -67,15 +40,6 @@ class RecallResult:
     state_size: int  # floats of state at an example's last token (see recall_state_size)
     parameters: int
     seconds: float = 0.0  # wall time of training and scoring
-
-
-def shuffle_labels(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """A control: the query labels permuted across all examples, so a key no longer predicts its value."""
-    out = labels.clone()
-    query = out != IGNORE
-    values = out[query]
-    out[query] = values[torch.randperm(len(values), generator=gen)]
-    return out
 
 
 @torch.no_grad()
@@ -99,8 +63,8 @@ def train_recall(cfg: Config, task: RecallTask, epochs: int, device: torch.devic
                  shuffled: bool = False, progress: bool = True) -> RecallResult:
     """Train ``cfg.model`` on ``task``'s train examples for ``epochs`` and score its held-out accuracy.
 
-    The optimiser is :func:`lamina.train.trainer.make_optimizer` with ``cfg.train`` (lr, betas, weight decay) and
-    its warmup-then-cosine schedule; each example is a whole sequence read from an empty state, in batches of
+    The steps are ``lamina train``'s (:class:`lamina.train.step.Stepper` with ``cfg.train``: AdamW, its
+    warmup-then-cosine schedule over the run's steps, gradient clipping); each example is a whole sequence read from an empty state, in batches of
     ``cfg.train.batch_size``, reshuffled every epoch. ``shuffled`` trains on :func:`shuffle_labels` (a control).
     The examples move to ``device`` once, the forward pass runs under ``cfg.train.precision``'s autocast (bf16 on
     CUDA by default) with the loss in fp32, and the running loss stays on the device: a GPU step never waits for
@@ -118,30 +82,18 @@ def train_recall(cfg: Config, task: RecallTask, epochs: int, device: torch.devic
     inputs, labels = inputs.to(device), labels.to(device)
     model = build_model(cfg.model, task.vocab_size).to(device)
     train = cfg.train
-    opt = make_optimizer(model, train, device)
     per_epoch = math.ceil(len(inputs) / train.batch_size)
-    total = epochs * per_epoch
-    step = 0
-    shown = Progress(total, "training on MQAR", show=progress)
+    stepper = Stepper(model, train, device, total=epochs * per_epoch)
+    shown = Progress(epochs * per_epoch, "training on MQAR", show=progress)
     for _ in range(epochs):
         model.train()
         order = torch.randperm(len(inputs), generator=gen).to(device)
         loss_sum = torch.zeros((), device=device)
         for i in range(0, len(inputs), train.batch_size):
             idx = order[i:i + train.batch_size]
-            x, y = inputs[idx], labels[idx]
-            for group in opt.param_groups:
-                group["lr"] = train.lr * lr_factor(step, train.warmup_steps, total, train.min_lr_ratio)
-            with autocast_for(device, train.precision):
-                logits, _ = model(x)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-            opt.step()
+            loss, _ = stepper.loss(inputs[idx], labels[idx])  # IGNORE labels are not scored
+            stepper.update(loss)
             loss_sum += loss.detach()
-            step += 1
             shown.update()
     shown.close()
     test_inputs, test_labels = cached_examples(task, "test", seed)
@@ -165,19 +117,11 @@ def recall_train_config(train: TrainConfig, lr: float, batch_size: int, epochs: 
 
 
 def recall_config(target: str | None, overrides: list[str] = ()) -> Config:
-    """The model to train: a mixer's name gives Zoology's two layers of it; a preset (or YAML file) keeps its own
-    layer schedule. Either way ``model.d_model`` starts at 64 so a CPU run takes seconds; overrides come last."""
-    from lamina.config import apply_override, from_dict, load_preset
-    from lamina.mixers import mixer_names
-
+    """The model to train (:func:`lamina.config.load_config`): a mixer's name gives Zoology's two layers of it; a
+    preset (or YAML file) keeps its own layer schedule. Either way ``model.d_model`` starts at 64 so a CPU run
+    takes seconds; overrides come last. A byte model, which cannot read MQAR's token ids, is refused."""
     target = target or "attn"
-    data = load_preset(target)
-    if target in mixer_names():
-        data["model"]["layers"] = [target] * 2
-    data["model"]["d_model"] = 64
-    for assignment in overrides:
-        apply_override(data, assignment)
-    cfg = from_dict(Config, data)
+    cfg = load_config(target, ["model.d_model=64", *overrides], layers=2)
     for byte_model in ("hat", "megabyte"):
         if getattr(cfg.model, byte_model) is not None:
             raise LaminaError(f"{target}: model.{byte_model} reads UTF-8 bytes, not MQAR's token ids; "
@@ -308,6 +252,15 @@ def sweep_table(cells: list[SweepCell], task: RecallTask) -> str:
         lines.append(f"| {c.model} | {c.d_model} | {c.best.state_size:,} | {c.best.parameters:,} | {c.best_lr:g} | "
                      f"{c.best.accuracy:.3f} | {by_lr} |")
     return "\n".join(lines) + "\n"
+
+
+def write_sweep(cells: list[SweepCell], task: RecallTask, out: Path) -> str:
+    """Write ``recall.md`` (:func:`sweep_table`) and ``recall.png`` (:func:`plot_recall`) into ``out``; returns the
+    table."""
+    table = sweep_table(cells, task)
+    (out / "recall.md").write_text(table, encoding="utf-8")
+    plot_recall([(task, cells)], out / "recall.png")
+    return table
 
 
 def plot_recall(panels: list[tuple[RecallTask, list[SweepCell]]], path) -> None:

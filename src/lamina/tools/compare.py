@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import statistics
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +28,9 @@ from lamina.plotting import pyplot
 from lamina.eval import format_metric, generate, metric_value
 from lamina.eval.metrics import UNIT_METRIC
 from lamina.models import build_model
-from lamina.train import pick_device, train
+from lamina.runtime import pick_device
+from lamina.tools.measure import peak_memory, timed, train_step_seconds
+from lamina.train import train
 
 # Small enough that three 4-layer byte models train in a few minutes on two CPU cores.
 DEFAULTS = ["model.d_model=128", "train.batch_size=8", "train.seq_len=128", "train.eval_tokens=8192",
@@ -74,10 +73,10 @@ class Arch:
     results: dict = field(default_factory=dict)
 
 
-def arch_config(name: str, overrides: list[str], d_model: int | None = None) -> Config:
-    """``name``'s preset with the comparison's defaults, then ``overrides``, then the width if given."""
+def with_width(overrides: list[str], d_model: int | None = None) -> list[str]:
+    """The comparison's defaults, then ``overrides``, then the width if given: what :func:`load_config` takes."""
     width = [f"model.d_model={d_model}"] if d_model is not None else []
-    return load_config(name, DEFAULTS + list(overrides) + width)
+    return DEFAULTS + list(overrides) + width
 
 
 def count_parameters(cfg: Config, vocab: int) -> int:
@@ -94,7 +93,7 @@ def matched_width(name: str, overrides: list[str], target: int, vocab: int, widt
     best = None
     for d in range(width_multiple, MAX_WIDTH + 1, width_multiple):
         try:
-            count = count_parameters(arch_config(name, overrides, d), vocab)
+            count = count_parameters(load_config(name, with_width(overrides, d)), vocab)
         except LaminaError:  # e.g. a width that does not split into the attention heads
             continue
         if best is None or abs(count - target) < abs(best[1] - target):
@@ -115,7 +114,7 @@ def plan(names: list[str], overrides: list[str], budget: Budget, width_multiple:
         raise LaminaError(f"give each architecture once, got {names}")
     if width_multiple < 1:
         raise LaminaError(f"--width-multiple must be a positive integer, got {width_multiple}")
-    configs = [arch_config(name, overrides) for name in names]
+    configs = [load_config(name, with_width(overrides)) for name in names]
     data = configs[0].data
     for name, cfg in zip(names, configs):
         if (cfg.data.corpus, cfg.data.tokenizer) != (data.corpus, data.tokenizer):
@@ -132,7 +131,7 @@ def plan(names: list[str], overrides: list[str], budget: Budget, width_multiple:
         cfg = configs[i]
         if i:
             d_model, _ = matched_width(name, overrides, target, vocab, width_multiple)
-            cfg = arch_config(name, overrides, d_model)
+            cfg = load_config(name, with_width(overrides, d_model))
         _set_budget(cfg, budget)
         model = build_model(cfg.model, vocab)
         archs.append(Arch(name, cfg, model.num_parameters(), model.state_size(), vocab))
@@ -153,25 +152,13 @@ def _set_budget(cfg: Config, budget: Budget) -> None:
     t.warmup_steps = min(t.warmup_steps, max(1, t.steps // 10))
 
 
-def peak_memory(device: torch.device) -> tuple[int, str]:
-    """Bytes at the peak, and what was measured."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device), "CUDA max_memory_allocated"
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, "process peak RSS"
-
-
 def generation_speed(model, tokenizer, context: int, tokens: int = GENERATE_TOKENS) -> float:
     """Tokens per second of :func:`lamina.eval.generate` from a document start, sampling at temperature 1."""
     prompt = torch.tensor([tokenizer.eos_id])
     device = next(model.parameters()).device
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    generate(model, prompt, max_new_tokens=tokens, context=context, temperature=1.0, seed=0)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return tokens / (time.perf_counter() - start)
+    seconds = timed(lambda: generate(model, prompt, max_new_tokens=tokens, context=context, temperature=1.0, seed=0),
+                    device)
+    return tokens / seconds
 
 
 def read_metrics(run_dir: Path, tokens_per_step: int) -> tuple[list[dict], float]:
@@ -211,21 +198,13 @@ def run(archs: list[Arch], out: Path, device: str = "auto", log=print) -> None:
 def _steps_for_time(arch: Arch, cfg: Config, log) -> int:
     """Steps between validations under a time budget: the budget over ``EVAL_POINTS``, at the speed of timed steps.
 
-    A few forward and backward passes on random tokens estimate the seconds per step (optimizer excluded).
+    Two training steps on random tokens, of a throwaway model, estimate the seconds per step.
     """
     t = cfg.train
     device = pick_device(t.device)
     model = build_model(cfg.model, arch.vocab).to(device)
-    ids = torch.randint(arch.vocab, (t.batch_size, t.seq_len), device=device)
-    seconds = []
-    for _ in range(3):
-        start = time.perf_counter()
-        logits, _ = model(ids, None)
-        logits.float().logsumexp(-1).mean().backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    per_step = min(seconds[1:]) * t.bptt_segments
+    ids = torch.randint(arch.vocab, (t.batch_size, t.seq_len + 1), device=device)
+    per_step = min(train_step_seconds(model, t, ids, device, repeats=2)) * t.bptt_segments
     every = max(1, int(t.max_minutes * 60 / per_step / EVAL_POINTS))
     log(f"{arch.name}: about {per_step:.3f} s per step; validating every {every:,} steps")
     return every

@@ -3,8 +3,9 @@
 For each architecture (a mixer's name or a preset, as ``lamina compare`` takes) and each context
 length T, two items are measured, each in a fresh worker process:
 
-- train: forward + backward + AdamW step on ``batch`` x T random tokens; tokens/s is
-  ``batch * T`` over the median of ``repeats`` timed steps after one warm-up;
+- train: one training step as ``lamina train`` takes it (forward, backward, gradient clipping and
+  the architecture's AdamW, :class:`lamina.train.step.Stepper`) on ``batch`` x T random tokens;
+  tokens/s is ``batch * T`` over the median of ``repeats`` timed steps after one warm-up;
 - decode: one sequence; a prefill of T tokens read in segments of ``prefill_chunk`` tokens with
   carried state (the state API makes that the same function as one call), with the attention
   memory set to T (a sliding window's to its window) so new tokens see what they would in one call;
@@ -43,16 +44,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from lamina.compare import peak_memory
 from lamina.config import Config, load_config
 from lamina.errors import LaminaError
-from lamina.eval import autocast_for
-from lamina.mixers import mixer_names
 from lamina.models import build_model
 from lamina.models.lm import memory_lengths
 from lamina.plotting import pyplot
+from lamina.runtime import autocast_for
+from lamina.tools.measure import peak_memory, timed, train_step_seconds
 
 MODES = ("train", "decode")
 # Per device type: small enough on CPU for a run of about a minute; 256 to 64K tokens on CUDA.
@@ -90,6 +89,17 @@ class Settings:
         if self.threads < 0:
             raise LaminaError(f"--threads must be 0 (torch's default) or more, got {self.threads}")
 
+    @classmethod
+    def for_device(cls, device: str, d_model: int | None = None, layers: int | None = None, batch: int | None = None,
+                   max_memory_gb: float | None = None, **rest) -> Settings:
+        """Settings on ``device`` (``cpu`` or ``cuda``) with its :data:`DEFAULTS` for the sizes not given; on CPU
+        the memory cap defaults to half of this machine's memory."""
+        given = {"d_model": d_model, "layers": layers, "batch": batch}
+        sizes = {key: DEFAULTS[device][key] if value is None else value for key, value in given.items()}
+        if max_memory_gb is None and device == "cpu":
+            max_memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 / 2**30
+        return cls(device=device, **sizes, max_memory_gb=max_memory_gb, **rest)
+
     @property
     def max_memory_bytes(self) -> int | None:
         return None if self.max_memory_gb is None else int(self.max_memory_gb * 2**30)
@@ -97,6 +107,11 @@ class Settings:
     @property
     def precision(self) -> str:
         return "bf16 autocast" if self.device == "cuda" else "fp32"
+
+    def config(self, name: str, overrides) -> Config:
+        """``name``'s config (:func:`lamina.config.load_config`) at the benchmark's width, a mixer's name with
+        ``layers`` layers of that mixer; a preset keeps its own layer schedule."""
+        return load_config(name, [*overrides, f"model.d_model={self.d_model}"], layers=self.layers)
 
 
 @dataclass
@@ -107,15 +122,6 @@ class Item:
     overrides: tuple[str, ...]
     mode: str
     T: int
-
-
-def arch_config(name: str, overrides, settings: Settings) -> Config:
-    """``name``'s config at the benchmark's width; a mixer's name gets ``settings.layers`` layers of that mixer.
-
-    A preset keeps its own layer schedule.
-    """
-    extra = [f"model.layers=[{', '.join([name] * settings.layers)}]"] if name in mixer_names() else []
-    return load_config(name, [*extra, *overrides, f"model.d_model={settings.d_model}"])
 
 
 def vocab_size(cfg: Config) -> int:
@@ -132,7 +138,7 @@ def describe_archs(names: list[str], overrides, settings: Settings) -> dict[str,
         raise LaminaError(f"give each architecture once, got {names}")
     info = {}
     for name in names:
-        cfg = arch_config(name, overrides, settings)
+        cfg = settings.config(name, overrides)
         with torch.device("meta"):
             model = build_model(cfg.model, vocab_size(cfg))
         info[name] = {"layers": len(cfg.model.layers), "parameters": model.num_parameters()}
@@ -162,42 +168,22 @@ def prompt_memory(model, T: int):
         yield
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def train_speed(model, vocab: int, T: int, settings: Settings, device: torch.device) -> dict:
-    """Tokens/s of forward + backward + AdamW on ``batch`` x T random tokens: median of ``repeats`` after a warm-up."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ids = torch.randint(0, vocab, (settings.batch, T + 1), device=device)
-
-    def step():
-        with autocast_for(device, "auto"):
-            logits, _ = model(ids[:, :-1])
-        F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten()).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    seconds = [_timed(step, device) for _ in range(settings.repeats + 1)][1:]
+def train_speed(model, cfg: Config, T: int, settings: Settings, device: torch.device) -> dict:
+    """Tokens/s of training steps (``cfg.train``'s) on ``batch`` x T random tokens: median of ``repeats`` after a
+    warm-up."""
+    ids = torch.randint(0, vocab_size(cfg), (settings.batch, T + 1), device=device)
+    seconds = train_step_seconds(model, cfg.train, ids, device, settings.repeats)
     return {"tokens_per_s": settings.batch * T / statistics.median(seconds)}
 
 
 @torch.no_grad()
-def decode_speed(model, vocab: int, T: int, settings: Settings, device: torch.device) -> dict:
+def decode_speed(model, cfg: Config, T: int, settings: Settings, device: torch.device) -> dict:
     """Tokens/s of single-token steps after a chunked T-token prefill (batch 1), and the state's bytes after it."""
     model.eval()
+    vocab = vocab_size(cfg)
     prompt = torch.randint(0, vocab, (1, T), device=device)
     token = torch.randint(0, vocab, (1, 1), device=device)
-    with prompt_memory(model, T), autocast_for(device, "auto"):
+    with prompt_memory(model, T), autocast_for(device, cfg.train.precision):
         state = model.init_state(1, device)
         for start in range(0, T, settings.prefill_chunk):
             _, state = model(prompt[:, start : start + settings.prefill_chunk], state)
@@ -205,7 +191,7 @@ def decode_speed(model, vocab: int, T: int, settings: Settings, device: torch.de
         seconds = []
         for _ in range(settings.decode_steps + 1):
             box = []
-            seconds.append(_timed(lambda: box.append(model(token, state)), device))
+            seconds.append(timed(lambda: box.append(model(token, state)), device))
             state = box[0][1]
     return {"tokens_per_s": 1 / statistics.median(seconds[1:]), "state_bytes": held}
 
@@ -236,10 +222,10 @@ def _worker(item: Item, settings: Settings, conn) -> None:
             baseline = _resident_bytes()
         conn.send(("start", baseline))
         torch.manual_seed(0)
-        cfg = arch_config(item.arch, item.overrides, settings)
+        cfg = settings.config(item.arch, item.overrides)
         model = build_model(cfg.model, vocab_size(cfg)).to(device)
         measure = train_speed if item.mode == "train" else decode_speed
-        result = measure(model, vocab_size(cfg), item.T, settings, device)
+        result = measure(model, cfg, item.T, settings, device)
         result["peak_bytes"] = peak_memory(device)[0] - baseline
         conn.send(("ok", result))
     except torch.OutOfMemoryError as err:
@@ -265,7 +251,7 @@ def run_item(item: Item, settings: Settings) -> dict:
     Returns ``{"status": "ok", ...measures}`` or ``{"status": "OOM" | "skipped (...)" | "failed (...)", ...}``.
     """
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "lamina.bench"])
+    ctx.set_forkserver_preload(["torch", "lamina.tools.bench"])
     receive, send = ctx.Pipe(duplex=False)
     worker = ctx.Process(target=_worker, args=(item, settings, send), daemon=True)
     start = time.perf_counter()
@@ -382,7 +368,7 @@ def table(rows: list[dict], meta: dict) -> str:
         f"`{meta['command']}`", "",
         f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['precision']}; d_model {s['d_model']}; "
         f"layers: {layers}; training batch {s['batch']}.",
-        f"Train: forward + backward + AdamW on {s['batch']} x T tokens, median of {s['repeats']} steps after a "
+        f"Train: forward, backward, gradient clipping and AdamW on {s['batch']} x T tokens, median of {s['repeats']} steps after a "
         f"warm-up. Decode: batch 1, prefill of T tokens in segments of {s['prefill_chunk']} with carried state "
         f"(attention memory T), then the median of {s['decode_steps']} single-token steps. "
         f"Peak memory: {meta['memory']}, each item in a fresh process. State: bytes carried after the prefill.",
