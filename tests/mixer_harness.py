@@ -54,8 +54,8 @@ import torch
 from torch import nn
 
 from lamina.mixers import mixer_class, use_form
-from lamina.mixers.lower_bound import LOWER_BOUNDS
-from lamina.mixers.base import flatten_state
+from lamina.mixers.parts.lower_bound import LOWER_BOUNDS
+from lamina.mixers.state import flatten_state, map_state, rows_of_state
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -113,9 +113,7 @@ def float64_copy(module):
 
 def float64_state(state):
     """``state`` with its floating-point tensors in float64 (the others as they are)."""
-    if state is None or isinstance(state, torch.Tensor):
-        return state.double() if state is not None and state.is_floating_point() else state
-    return type(state)(float64_state(s) for s in state)
+    return map_state(lambda t: t.double() if t.is_floating_point() else t, state)
 
 
 def run_in_chunks(mixer, x, sizes, state=None):
@@ -254,7 +252,7 @@ def check_masks_are_exact(mixer, x, valid, resets=None) -> None:
                 assert_fp32_close(y[b, real], want, own, f"row {b}: outputs")
             pad = (~valid[b]).nonzero().flatten()
             assert torch.equal(y[b, pad], torch.zeros_like(y[b, pad])), f"row {b}: padded outputs are not zero"
-            got = flatten_state(tuple(s[b : b + 1] for s in state))
+            got = flatten_state(rows_of_state(state, slice(b, b + 1)))
             for k, v in want_state.items():
                 if v.is_floating_point():
                     assert_fp32_close(got[k], v, own_state[k], f"row {b}: state {k}")

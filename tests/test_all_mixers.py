@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lamina.mixers import mixer_names
+from lamina.mixers.state import state_tensors
 from mixer_harness import check_forms_agree, check_masks_are_exact, make_mixer
 
 D = 64
@@ -61,9 +62,9 @@ def test_document_starts_empty_the_state(name):
 def test_state_size_counts_the_state(name):
     mixer = build(name)
     state = mixer.init_state(1)
-    floats = sum(t.numel() for t in state if t.is_floating_point())
+    floats = sum(t.numel() for t in state_tensors(state) if t.is_floating_point())
     assert floats > 0 and mixer.state_size() == floats
-    assert all(t.dtype in (torch.float32, torch.bool) for t in state), "states are kept in fp32"
+    assert all(t.dtype in (torch.float32, torch.bool) for t in state_tensors(state)), "states are kept in fp32"
 
 
 @pytest.mark.parametrize("name", mixer_names())
@@ -77,7 +78,8 @@ def test_bf16_autocast_trains_with_an_fp32_state(name):
         y1, state = mixer(x[:, :1], state)
     (y.float().square().sum() + y1.float().sum()).backward()
     assert torch.isfinite(x.grad).all()
-    assert all(t.dtype in (torch.float32, torch.bool) for t in state), "the state stays fp32 under autocast"
+    fp32 = all(t.dtype in (torch.float32, torch.bool) for t in state_tensors(state))
+    assert fp32, "the state stays fp32 under autocast"
     err = ((y.float() - want).norm() / want.norm()).item()
     assert err < 5e-2, f"bf16 autocast output differs from fp32 by {err:.2e}"
 
@@ -96,7 +98,7 @@ def test_xl_compressive_memory_generic_checks():
     resets[1, 13] = True
     check_masks_are_exact(mixer, data(3, 23, seed=1), valid, resets)
     state = mixer.init_state(1)
-    assert mixer.state_size() == sum(t.numel() for t in state if t.is_floating_point())
+    assert mixer.state_size() == sum(t.numel() for t in state_tensors(state) if t.is_floating_point())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y, state = mixer(data(2, 37, seed=3))
-    assert torch.isfinite(y).all() and all(t.dtype in (torch.float32, torch.bool) for t in state)
+    assert torch.isfinite(y).all() and all(t.dtype in (torch.float32, torch.bool) for t in state_tensors(state))

@@ -7,6 +7,7 @@ import torch
 
 from lamina.mixers import mixer_class
 from lamina.mixers.attn import AttnOptions
+from lamina.mixers.state import rows_of_state, state_tensors
 from lamina.ops.rotary import rotary
 from mixer_harness import (
     assert_finite_stream, assert_fp32_close, check_forms_agree, float64_copy, float64_state, rel_err, run_in_chunks,
@@ -71,8 +72,8 @@ def test_state_shape_fixed_and_size():
     mixer = make(mem_len=16)
     state = mixer.init_state(3)
     _, new = mixer(torch.randn(3, 5, D), state)
-    assert [s.shape for s in new] == [s.shape for s in state]
-    assert new[2].sum() == 5 * 3  # five real tokens per sequence so far
+    assert [s.shape for s in state_tensors(new)] == [s.shape for s in state_tensors(state)]
+    assert new.valid.sum() == 5 * 3  # five real tokens per sequence so far
     assert mixer.state_size() == 2 * 16 * D
 
 
@@ -87,8 +88,8 @@ def test_reset_state_forgets():
     fresh, _ = mixer(x[1:])
     mixer64 = float64_copy(mixer)  # the fp32 tolerance: see mixer_harness
     assert_fp32_close(y[1:], mixer64(x[1:].double())[0], fresh, "the row whose state was reset")
-    kept, _ = mixer(x[:1], tuple(s[:1] for s in state))
-    kept64, _ = mixer64(x[:1].double(), float64_state(tuple(s[:1] for s in state)))
+    kept, _ = mixer(x[:1], rows_of_state(state, slice(0, 1)))
+    kept64, _ = mixer64(x[:1].double(), float64_state(rows_of_state(state, slice(0, 1))))
     assert_fp32_close(y[:1], kept64, kept, "the row whose state was kept")
 
 
@@ -143,10 +144,10 @@ def test_sink_state_is_fixed_and_counts_its_slots():
     state = mixer.init_state(2)
     assert mixer.state_size() == 2 * (7 + 3) * D
     _, new = mixer(torch.randn(2, 2, D), state)
-    assert [s.shape for s in new] == [s.shape for s in state]
-    assert new[5].sum(1).tolist() == [2, 2]  # two of three sink slots filled
+    assert [s.shape for s in state_tensors(new)] == [s.shape for s in state_tensors(state)]
+    assert new.sink_valid.sum(1).tolist() == [2, 2]  # two of three sink slots filled
     _, new = mixer(torch.randn(2, 5, D), new)
-    assert new[5].sum(1).tolist() == [3, 3]
+    assert new.sink_valid.sum(1).tolist() == [3, 3]
 
 
 def test_generation_with_sinks_keeps_constant_memory():

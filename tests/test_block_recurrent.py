@@ -7,7 +7,7 @@ import torch
 
 from lamina.errors import LaminaError
 from lamina.mixers import mixer_class
-from lamina.mixers.base import flatten_state, unflatten_state
+from lamina.mixers.state import flatten_state, unflatten_state
 from lamina.mixers.block_recurrent import BlockRecurrentOptions
 from mixer_harness import (
     assert_all_fp32_close, assert_finite_stream, check_decode_gradients_match, check_forms_agree,

@@ -105,7 +105,7 @@ def test_state_size_formula(name):
         assert mixer.state_size() == 2 * K * V + conv * 2 * (2 * K + V)
         assert mixer.state_size() == sum(t[0].numel() for t in mixer.init_state(1))
     flat = make(name, use_conv=False)
-    assert len(flat.init_state(1)) == 1 and flat.state_size() == 2 * 8 * flat.value_dim
+    assert flat.init_state(1).conv is None and flat.state_size() == 2 * 8 * flat.value_dim
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -114,10 +114,10 @@ def test_state_dtype(name):
     S, conv = mixer.init_state(3, dtype=torch.bfloat16)
     assert S.dtype == conv.dtype == torch.float32
     mixer = mixer.bfloat16()
-    y, (S, conv) = mixer(data(9).bfloat16())
-    assert y.dtype == torch.bfloat16 and S.dtype == conv.dtype == torch.float32
-    y, (S, conv) = mixer(data(1).bfloat16(), (S, conv))
-    assert y.dtype == torch.bfloat16 and S.dtype == conv.dtype == torch.float32
+    y, state = mixer(data(9).bfloat16())
+    assert y.dtype == torch.bfloat16 and state.S.dtype == state.conv.dtype == torch.float32
+    y, state = mixer(data(1).bfloat16(), state)
+    assert y.dtype == torch.bfloat16 and state.S.dtype == state.conv.dtype == torch.float32
 
 
 @pytest.mark.parametrize("name", NAMES)

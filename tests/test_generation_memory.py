@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from lamina.config import ModelConfig
-from lamina.mixers.base import flatten_state
+from lamina.mixers.state import flatten_state
 from lamina.models import LM
 
 MEMORY_MODELS = {

@@ -91,6 +91,7 @@ def test_chunked_word_starts_equal_streaming(max_len):
 
 from lamina.config import ModelConfig  # noqa: E402
 from lamina.errors import LaminaError  # noqa: E402
+from lamina.mixers.state import state_tensors  # noqa: E402
 from lamina.eval import generate  # noqa: E402
 from lamina.models import HAT, build_model  # noqa: E402
 from train_harness import check_decoding_is_one_call  # noqa: E402
@@ -182,14 +183,8 @@ def test_full_equals_chunks_equals_bytes(kwargs):
             pieces.append(out)
             start += size
         assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-10)
-        flat = zip(_leaves(state), _leaves(full_state))
+        flat = zip(state_tensors(state), state_tensors(full_state))
         assert all(torch.allclose(a.double(), b.double(), atol=1e-10) for a, b in flat)
-
-
-def _leaves(state):
-    if isinstance(state, torch.Tensor):
-        return [state]
-    return [leaf for s in state for leaf in _leaves(s)]
 
 
 def test_word_level_backbone_is_used():

@@ -9,7 +9,7 @@ from lamina.config import ModelConfig
 from lamina.errors import LaminaError
 from lamina.mixers import mixer_class, use_form
 from lamina.mixers.hgrn2 import HGRN2Options
-from lamina.mixers.lower_bound import LOWER_BOUNDS
+from lamina.mixers.parts.lower_bound import LOWER_BOUNDS
 from lamina.models import LM
 from mixer_harness import (
     assert_finite_stream, assert_fp32_close, check_forms_agree, rel_err, run_in_chunks, split_sizes,

@@ -12,7 +12,7 @@ from lamina.config import HMTConfig, ModelConfig, load_config
 from lamina.errors import LaminaError
 from lamina.eval import evaluate
 from lamina.mixers import detach_state
-from lamina.mixers.base import flatten_state, unflatten_state
+from lamina.mixers.state import flatten_state, unflatten_state
 from lamina.models import LM
 from lamina.train import load_model
 from mixer_harness import assert_fp32_close, float64_copy, float64_state, rel_err
@@ -174,22 +174,24 @@ def test_cache_is_fifo_and_sensory_holds_the_last_tokens():
     with torch.no_grad():
         for n in range(6):
             _, state = model(ids[:, n * L : (n + 1) * L], state)
-            cache, valid, _, recent, filled, started = state[0]
+            memory = state.memory
+            cache, valid, recent, filled, started = (memory.cache, memory.cache_valid, memory.recent, memory.filled,
+                                                      memory.started)
             assert valid.sum(1).tolist() == [min(n + 1, N)] * 2 and valid[:, N - min(n + 1, N) :].all()
             assert torch.equal(recent, ids[:, (n + 1) * L - 3 : (n + 1) * L]) and not filled.any() and started.all()
             if caches:  # one memory embedding in, the oldest out
                 assert torch.equal(cache[:, :-1], caches[-1][:, 1:])
                 assert not torch.equal(cache[:, -1], caches[-1][:, -1])
             caches.append(cache)
-        prefix, mask = model.segment_memory.read(state[0], model)
+        prefix, mask = model.segment_memory.read(state.memory, model)
         assert mask is None and prefix.shape == (2, 1 + K, 32)
         assert torch.equal(prefix[:, 1:], model.embed(ids[:, -K:]))  # sensory memory: the last k tokens
-        assert torch.equal(prefix[:, :1], state[0][2])  # the recalled embedding
+        assert torch.equal(prefix[:, :1], state.memory.recalled)  # the recalled embedding
 
 
 def test_empty_state_reads_the_initial_embedding_without_sensory_memory():
     model = hmt()
-    prefix, mask = model.segment_memory.read(model.init_state(2)[0], model)
+    prefix, mask = model.segment_memory.read(model.init_state(2).memory, model)
     assert mask is None and torch.equal(prefix, model.segment_memory.initial.expand(2, 1, 32))
 
 
@@ -309,8 +311,8 @@ HMT = ["model.hmt={sensory: 4, cache: 4}", "train.bptt_segments=2", "train.seq_l
 def test_checkpoint_round_trip_and_bit_exact_resume(tiny, tmp_path):
     run, want, saved = check_resume_is_bit_exact(tiny + HMT, tmp_path)
     assert {"segment_memory.prompt", "segment_memory.initial", "segment_memory.query.weight"} <= set(want)
-    cache, valid = saved[0][:2]
-    assert cache.shape == (4, 4, 32) and valid.all() and saved[0][-1].all()  # 16 segments filled the cache
+    cache, valid = saved["state.memory.cache"], saved["state.memory.cache_valid"]
+    assert cache.shape == (4, 4, 32) and valid.all() and saved["state.memory.started"].all()  # 16 segments filled it
     model, tokenizer, cfg = load_model(run)
     assert cfg.model.hmt.segment == 16
     tokens = torch.randint(0, 256, (800,), generator=torch.Generator().manual_seed(4))

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from lamina.cli import main
 from lamina.config import ModelConfig, load_config
 from lamina.errors import LaminaError
-from lamina.mixers.base import flatten_state
+from lamina.mixers.state import flatten_state
 from lamina.models import LM, Megabyte, build_model
 from lamina.train import load_model, train
 from mixer_harness import rel_err

@@ -10,7 +10,7 @@ from lamina.config import ModelConfig, load_config
 from lamina.errors import LaminaError
 from lamina.eval import evaluate, generate
 from lamina.mixers import detach_state
-from lamina.mixers.base import flatten_state
+from lamina.mixers.state import flatten_state
 from lamina.models import LM
 from lamina.train import load_model
 from mixer_harness import rel_err
@@ -61,9 +61,9 @@ def test_memory_is_written_at_segment_ends():
     model = rmt(layers=("hgrn",))
     with torch.no_grad():
         _, state = model(torch.zeros(1, 5, dtype=torch.long))
-        assert int(state[0][1][0]) == 5 and not state[0][2].any()  # mid-segment: not written yet
+        assert int(state.memory.filled[0]) == 5 and not state.memory.started.any()  # mid-segment: not written yet
         _, state = model(torch.zeros(1, 3, dtype=torch.long), state)
-        assert int(state[0][1][0]) == 0 and state[0][2].all() and state[0][0].abs().sum() > 0
+        assert int(state.memory.filled[0]) == 0 and state.memory.started.all() and state.memory.memory.abs().sum() > 0
 
 
 def _seg2_grad_wrt_seg1(model, cut_graph: bool) -> torch.Tensor:
@@ -133,7 +133,7 @@ RMT = ["model.memory_tokens=4", "train.bptt_segments=2", "train.seq_len=16", "mo
 def test_checkpoint_round_trip_and_bit_exact_resume(tiny, tmp_path):
     run, want, saved = check_resume_is_bit_exact(tiny + RMT, tmp_path)
     assert "segment_memory.initial" in want
-    assert saved[0][0].shape == (4, 4, 32) and saved[0][2].all()  # the carried memory was saved
+    assert saved["state.memory.memory"].shape == (4, 4, 32) and saved["state.memory.started"].all()  # carried memory
     model, tokenizer, cfg = load_model(run)
     assert cfg.model.memory_segment == 16
     tokens = torch.randint(0, 256, (800,), generator=torch.Generator().manual_seed(4))

@@ -66,7 +66,7 @@ def test_matches_paper_equations_in_float64(name, candidate, weight_scale):
     x = data(41)
     h0 = torch.randn(2, 2 * D, generator=torch.Generator().manual_seed(7))
     want_y, want_h = paper_equations(name, mixer, x, h0)
-    y, (h,) = mixer(x, (h0,))
+    y, (h,) = mixer(x, mixer.init_state(2)._replace(h=h0))
     assert rel_err(y, want_y) < 1e-5 and rel_err(h, want_h) < 1e-5
 
 

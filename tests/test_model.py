@@ -4,7 +4,7 @@ import torch
 
 from lamina.config import ModelConfig
 from lamina.eval import generate, sample_next
-from lamina.mixers.base import flatten_state
+from lamina.mixers.state import flatten_state
 from lamina.models import LM
 from mixer_harness import check_lm_carries_state
 from train_harness import check_decoding_is_one_call

@@ -50,6 +50,8 @@ def test_too_short():
 class Mock(torch.nn.Module):
     """A byte "model" whose state is the text read so far; ``oracle`` predicts the key's digits after "pass key is"."""
 
+    segment_memory = None  # as lamina.models.lm.SequenceModel declares it: no segment memory
+
     def __init__(self, oracle: bool):
         super().__init__()
         self.oracle = oracle

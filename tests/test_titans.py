@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from lamina.config import ModelConfig
 from lamina.errors import LaminaError
 from lamina.mixers import mixer_class
+from lamina.mixers.state import state_tensors
 from lamina.models import LM
 from lamina.models.schedule import parse_layers
 from lamina.ops.neural_memory import neural_memory_chunk, neural_memory_reference
@@ -176,7 +177,7 @@ def test_state_size_formula():
     for options, K in [({}, 8), ({"head_dim": 3, "chunk_size": 5}, 3)]:
         mixer = make(**options)
         assert mixer.state_size() == 3 * 2 * K * K + 1  # M, S and the anchor per head, and the position
-        assert mixer.state_size() == sum(t[0].numel() for t in mixer.init_state(1))
+        assert mixer.state_size() == sum(t[0].numel() for t in state_tensors(mixer.init_state(1)))
 
 
 def test_state_stays_fp32_in_bf16():
@@ -278,7 +279,7 @@ def test_mag_matches_equations_in_float64():
 def test_mag_state_size_formula():
     mixer = make_mag(window=7)
     assert mixer.state_size() == 3 * 2 * 8 * 8 + 1 + 2 * 6 * 2 * 8  # memory, then the window's keys and values
-    assert mixer.state_size() == sum(t[0].numel() for t in mixer.init_state(1) if t.is_floating_point())
+    assert mixer.state_size() == sum(t[0].numel() for t in state_tensors(mixer.init_state(1)) if t.is_floating_point())
 
 
 def test_mag_stream_100k_tokens():
@@ -352,8 +353,8 @@ def test_mac_matches_equations_in_float64(segment):
     x = data(23)
     want_y, want_M = paper_mac(mixer, x)
     y, state = mixer(x)
-    assert rel_err(y, want_y) < 1e-5 and rel_err(state[0], want_M) < 1e-5
-    assert state[3].tolist() == [[23 % segment]] * 2
+    assert rel_err(y, want_y) < 1e-5 and rel_err(state.memory.memory, want_M) < 1e-5
+    assert state.memory.position.tolist() == [[23 % segment]] * 2
     with torch.no_grad():  # decoding reads the memory at the segment's start, not the one updated since
         y, _ = run_in_chunks(mixer, x, [1] * 23)
     assert rel_err(y, want_y) < 1e-5
@@ -379,7 +380,7 @@ def test_mac_is_causal_and_reads_earlier_segments():
 def test_mac_state_size_formula():
     mixer = make_mac(segment=7)
     assert mixer.state_size() == 3 * 2 * 8 * 8 + 1 + 4 * 6 * 2 * 8  # memory, then the segment's h and x keys, values
-    assert mixer.state_size() == sum(t[0].numel() for t in mixer.init_state(1))
+    assert mixer.state_size() == sum(t[0].numel() for t in state_tensors(mixer.init_state(1)))
 
 
 def test_mac_stream_100k_tokens(one_thread):

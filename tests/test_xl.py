@@ -8,6 +8,7 @@ import torch
 from lamina.errors import LaminaError
 from lamina.mixers import mixer_class, reset_state
 from lamina.mixers.xl import XLOptions
+from lamina.mixers.state import flatten_state, state_tensors
 from mixer_harness import (
     assert_finite_stream, assert_fp32_close, check_forms_agree, check_lm_carries_state, float64_copy, rel_err,
     run_in_chunks,
@@ -87,7 +88,7 @@ def test_matches_paper_with_memory(options):
     first, second = torch.randn(2, 5, D), torch.randn(2, 11, D)
     y1, state = mixer(first)  # with mem_len 6..8 the memory is partly empty after 5 tokens
     assert rel_err(y1, paper_reference(mixer, first)) < 1e-5
-    memory, valid = state
+    memory, valid = state.memory, state.valid
     if mixer.mem_len:
         assert torch.equal(memory[:, -5:], first) and valid[:, -5:].all() and not valid[:, :-5].any()
     y2, _ = mixer(second, state)
@@ -130,24 +131,25 @@ def test_mem_len_zero_is_a_vanilla_transformer_per_segment():
     mixer = make(mem_len=0)
     x = torch.randn(1, 12, D)
     y, state = run_in_chunks(mixer, x, [6, 6])
-    assert state[0].shape == (1, 0, D)
+    assert state.memory.shape == (1, 0, D)
     assert rel_err(y[:, 6:], paper_reference(mixer, x[:, 6:])) < 1e-5
 
 
 def test_mem_len_changed_at_evaluation():
-    """LM.memory() sets mem_len: a carried memory of another length is left-padded or trimmed."""
+    """memory_length() sets mem_len: a carried memory of another length is left-padded or trimmed."""
     mixer = make(mem_len=4)
     x = torch.randn(2, 9, D)
     _, state = mixer(x[:, :6])
-    mixer.mem_len = 10  # longer than trained: four real states, six empty slots
-    y, longer = mixer(x[:, 6:], state)
-    assert longer[0].shape == (2, 10, D) and longer[1].sum() == 2 * 7
-    assert rel_err(y, paper_reference(mixer, x[:, 6:], memory=x[:, 2:6])) < 1e-5
-    mixer.mem_len = 3  # shorter: the oldest states are dropped
-    y, shorter = mixer(x[:, 6:], state)
-    assert shorter[0].shape == (2, 3, D)
-    assert rel_err(y, paper_reference(mixer, x[:, 6:], memory=x[:, 3:6])) < 1e-5
-    assert mixer.init_state(1)[0].shape == (1, 3, D) and mixer.state_size() == 3 * D
+    with mixer.memory_length(10):  # longer than trained: four real states, six empty slots
+        y, longer = mixer(x[:, 6:], state)
+        assert longer.memory.shape == (2, 10, D) and longer.valid.sum() == 2 * 7
+        assert rel_err(y, paper_reference(mixer, x[:, 6:], memory=x[:, 2:6])) < 1e-5
+    with mixer.memory_length(3):  # shorter: the oldest states are dropped
+        y, shorter = mixer(x[:, 6:], state)
+        assert shorter.memory.shape == (2, 3, D)
+        assert rel_err(y, paper_reference(mixer, x[:, 6:], memory=x[:, 3:6])) < 1e-5
+        assert mixer.init_state(1).memory.shape == (1, 3, D) and mixer.state_size() == 3 * D
+    assert mixer.mem_len == mixer.own_mem_len == 4
 
 
 def test_lm_memory_reaches_xl_layers():
@@ -167,9 +169,9 @@ def test_state_is_hidden_states_and_fixed_in_shape():
     state = mixer.init_state(3)
     x = torch.randn(3, 5, D)
     _, new = mixer(x, state)
-    assert [s.shape for s in new] == [s.shape for s in state]
-    assert new[0].dtype == torch.float32 and new[1].sum() == 5 * 3
-    assert torch.equal(new[0][:, 11:], x)
+    assert (new.memory.shape, new.valid.shape) == (state.memory.shape, state.valid.shape) and new.compressed is None
+    assert new.memory.dtype == torch.float32 and new.valid.sum() == 5 * 3
+    assert torch.equal(new.memory[:, 11:], x)
     assert mixer.state_size() == 16 * D  # mem_len * d_model floats
 
 
@@ -218,7 +220,7 @@ def compressive_reference(mixer, x, sizes):
     compressed memory, which keeps its last ``cmem_len``. Returns the outputs
     and the final ``(memory, cmem, pending)``, each ``[B, n, D]``.
     """
-    c, C, M = mixer.options.cmem_rate, mixer.cmem_len, mixer.mem_len
+    c, C, M = mixer.options.cmem_rate, mixer.compressed_len, mixer.mem_len
     x = x.double()
     B, _, D = x.shape
     memory, cmem, pending = (x.new_zeros(B, 0, D) for _ in range(3))
@@ -240,8 +242,10 @@ def compressive_reference(mixer, x, sizes):
 
 def real_entries(state):
     """(memory, compressed memory, pending) of a compressive xl state: the real entries of each, ``[B, n, D]``."""
-    B, D = state[0].shape[0], state[0].shape[-1]
-    return tuple(state[i][state[i + 1]].view(B, -1, D) for i in (0, 2, 4))
+    B, D = state.memory.shape[0], state.memory.shape[-1]
+    c = state.compressed
+    return tuple(t[valid].view(B, -1, D) for t, valid in
+                 ((state.memory, state.valid), (c.memory, c.valid), (c.pending, c.pending_valid)))
 
 
 def assert_matches_reference(mixer, x, y, state, sizes):
@@ -271,7 +275,7 @@ def test_compressive_matches_reference(options):
     x = torch.randn(2, 26, D, requires_grad=True)
     sizes = [5, 3, 1, 7, 4, 6]
     y, state = run_in_chunks(mixer, x, sizes)
-    assert state[3].all()  # the compressed memory is full
+    assert state.compressed.valid.all()  # the compressed memory is full
     assert_matches_reference(mixer, x, y, state, sizes)
 
 
@@ -310,11 +314,13 @@ def test_compressed_memory_holds_pooled_states(compress):
 
     with torch.no_grad():
         _, state = mixer(x[:, :12])  # states 0..7 leave the memory: (0, 1) .. (6, 7), the last three kept
-        assert torch.equal(state[0], x[:, 8:12]) and state[3].all() and not state[5].any()
-        assert rel_err(state[2], pooled(2, 4, 6)) < 1e-7
+        c = state.compressed
+        assert torch.equal(state.memory, x[:, 8:12]) and c.valid.all() and not c.pending_valid.any()
+        assert rel_err(c.memory, pooled(2, 4, 6)) < 1e-7
         _, state = mixer(x[:, 12:], state)  # 8, 9 and 10 leave: (8, 9) is compressed, 10 waits for 11
-        assert rel_err(state[2], pooled(4, 6, 8)) < 1e-7
-        assert torch.equal(state[4][:, 0], x[:, 10]) and state[5].all()
+        c = state.compressed
+        assert rel_err(c.memory, pooled(4, 6, 8)) < 1e-7
+        assert torch.equal(c.pending[:, 0], x[:, 10]) and c.pending_valid.all()
 
 
 def test_compressed_memory_is_read():
@@ -334,18 +340,23 @@ def test_cmem_len_zero_changes_nothing():
         y, state = run_in_chunks(make(mem_len=5), x, [6, 7])
         other = make(mem_len=5, cmem_len=0, cmem_rate=4, compress="max")
         y_other, state_other = run_in_chunks(other, x, [6, 7])
-    assert torch.equal(y, y_other) and len(state_other) == 2
-    assert all(torch.equal(a, b) for a, b in zip(state, state_other))
+    assert torch.equal(y, y_other) and state_other.compressed is None
+    assert all(torch.equal(a, b) for a, b in zip(state_tensors(state), state_tensors(state_other)))
     assert other.state_size() == 5 * D
 
 
 def test_compressive_state_is_fixed_in_shape_and_counted():
     mixer = make(mem_len=6, cmem_len=4, cmem_rate=3)
     state = mixer.init_state(3)
-    assert [tuple(t.shape) for t in state] == [(3, 6, D), (3, 6), (3, 4, D), (3, 4), (3, 2, D), (3, 2)]
+    flat = flatten_state(state)
+    assert {name: tuple(t.shape) for name, t in flat.items()} == {
+        "state.memory": (3, 6, D), "state.valid": (3, 6), "state.compressed.memory": (3, 4, D),
+        "state.compressed.valid": (3, 4), "state.compressed.pending": (3, 2, D), "state.compressed.pending_valid": (3, 2),
+    }
     _, new = mixer(torch.randn(3, 11, D), state)
-    assert [t.shape for t in new] == [t.shape for t in state]
-    assert [t.dtype for t in new] == [torch.float32, torch.bool] * 3
+    assert {name: (t.shape, t.dtype) for name, t in flatten_state(new).items()} == {
+        name: (t.shape, t.dtype) for name, t in flat.items()
+    }
     assert mixer.state_size() == (6 + 4 + 2) * D  # memory, compressed memory and pending states
 
 
@@ -354,16 +365,18 @@ def test_mem_len_changed_at_evaluation_keeps_the_compressed_memory():
     x = torch.randn(2, 15, D)
     with torch.no_grad():
         _, state = mixer(x[:, :12])  # memory 8..11, compressed (2, 3), (4, 5), (6, 7), nothing pending
-        mixer.mem_len = 6  # two empty slots, counted as positions: the memory fills up, then 8 leaves
-        y, longer = mixer(x[:, 12:], state)
-        memory = torch.cat([torch.zeros(2, 2, D), x[:, 8:12]], 1)
-        valid = torch.tensor([False, False, True, True, True, True]).expand(2, 6)
-        assert rel_err(y, paper_reference(mixer, x[:, 12:], memory, valid, cmem=state[2])) < 1e-5
-        assert torch.equal(longer[2], state[2]) and torch.equal(longer[4][:, 0], x[:, 8])
-        mixer.mem_len = 3  # shorter: 8 is dropped, not compressed; 9 and 10 are, 11 waits
-        y, shorter = mixer(x[:, 12:], state)
-        assert rel_err(y, paper_reference(mixer, x[:, 12:], x[:, 9:12], cmem=state[2])) < 1e-5
-        assert rel_err(shorter[2][:, -1], x[:, 9:11].mean(1)) < 1e-7 and torch.equal(shorter[4][:, 0], x[:, 11])
+        cmem = state.compressed.memory
+        with mixer.memory_length(6):  # two empty slots, counted as positions: the memory fills up, then 8 leaves
+            y, longer = mixer(x[:, 12:], state)
+            memory = torch.cat([torch.zeros(2, 2, D), x[:, 8:12]], 1)
+            valid = torch.tensor([False, False, True, True, True, True]).expand(2, 6)
+            assert rel_err(y, paper_reference(mixer, x[:, 12:], memory, valid, cmem=cmem)) < 1e-5
+            assert torch.equal(longer.compressed.memory, cmem) and torch.equal(longer.compressed.pending[:, 0], x[:, 8])
+        with mixer.memory_length(3):  # shorter: 8 is dropped, not compressed; 9 and 10 are, 11 waits
+            y, shorter = mixer(x[:, 12:], state)
+            assert rel_err(y, paper_reference(mixer, x[:, 12:], x[:, 9:12], cmem=cmem)) < 1e-5
+            c = shorter.compressed
+            assert rel_err(c.memory[:, -1], x[:, 9:11].mean(1)) < 1e-7 and torch.equal(c.pending[:, 0], x[:, 11])
 
 
 def test_lm_memory_keeps_cmem_len():
@@ -379,7 +392,7 @@ def test_lm_memory_keeps_cmem_len():
 
 def test_groups_follow_the_valid_entries_in_order():
     """Rows at different places in their groups, with empty slots between real entries, as masks and refits leave."""
-    from lamina.mixers import kv_memory
+    from lamina.ops import kv_memory
     from lamina.ops import pool_groups
 
     stream = torch.arange(1.0, 8.0).view(1, 7, 1).expand(2, 7, 1)

@@ -52,10 +52,10 @@ def decoding_extra(model, context: int) -> int:
     """Positions added to every attention layer's memory while decoding: the most any query saw in training
     (``context - 1`` earlier tokens of its segment), or with a segment memory the longest run of a segment
     with its read and write positions."""
-    segment_memory = getattr(model, "segment_memory", None)
+    segment_memory = model.segment_memory
     span = context
     if segment_memory is not None:
-        if any(getattr(m, "cmem_len", 0) for m in model.memory_layers()):
+        if any(m.compressed_len for m in model.memory_layers()):
             raise LaminaError(
                 f"decoding token by token cannot reproduce a model with {segment_memory.name} whose xl layers "
                 "compress their memory (states would leave it at other times than in the segment-by-segment "

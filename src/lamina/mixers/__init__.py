@@ -1,6 +1,9 @@
 """Tier 2: token mixers, one file per family, registered by name.
 
-Importing this package registers every built-in mixer.
+Importing this package registers every built-in mixer. ``base`` is the state
+API, ``kv_memory`` the protocol of key/value memories, ``registry`` the
+names, ``state`` what works on any state, ``masks`` padding and document
+starts, ``forms`` the form policy; ``parts`` holds pieces that are not mixers.
 """
 
 from lamina.mixers import (  # noqa: F401  (registration)
@@ -8,6 +11,7 @@ from lamina.mixers import (  # noqa: F401  (registration)
     block_recurrent,
     deltanet,
     fox,
+    gated_deltanet,
     gla,
     hgrn,
     hgrn2,
@@ -20,12 +24,17 @@ from lamina.mixers import (  # noqa: F401  (registration)
     rnn,
     titans,
     titans_mac,
+    titans_mag,
     xl,
 )
-from lamina.mixers.base import Mixer, State, detach_state, mixer_class, mixer_names, register, reset_state
+from lamina.mixers.base import Mixer
 from lamina.mixers.forms import choose_form, use_form
+from lamina.mixers.kv_memory import KVMemoryMixer
+from lamina.mixers.registry import mixer_class, mixer_names, register
+from lamina.mixers.state import State, detach_state, reset_state
 
 __all__ = [
+    "KVMemoryMixer",
     "Mixer",
     "State",
     "choose_form",

@@ -14,31 +14,34 @@ Keys are stored before rotation and rotated by their position inside the
 so positions never grow with the stream.
 
 ``sinks`` (with a window) keeps the first ``sinks`` keys/values of the stream
-for good besides the window: StreamingLLM's attention sinks (Xiao et al. 2024,
-section 3.2), which keep a windowed model stable on unbounded streams. As
-there (section 3.2, "positions within the cache"), a query's position is the
-number of keys it sees before it (sinks first, then its window), each sink
-sits at its slot index, and window keys keep their distances to the query. A
-sink's distance to a query thus depends on how many keys that query sees, which a single
-rotation of the keys cannot express: the sink scores use a second copy of the
-query rotated to its cache position, against the sink keys in a second half of
-the head dimension (zeros elsewhere), so one ``scaled_dot_product_attention``
-call still covers all keys.
+for good besides the window: StreamingLLM's attention sinks
+(:mod:`lamina.mixers.parts.sinks`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lamina.errors import LaminaError
-from lamina.mixers import kv_memory
-from lamina.mixers.base import Mixer, State, register
+from lamina.mixers.kv_memory import KVMemoryMixer
+from lamina.mixers.parts.sinks import attend_with_sinks
+from lamina.mixers.registry import register
+from lamina.ops import kv_memory
 from lamina.ops.rotary import rotary
+
+
+class AttnState(NamedTuple):
+    keys: torch.Tensor  # [B, M, H, D], unrotated
+    values: torch.Tensor  # [B, M, H, D]
+    valid: torch.Tensor  # [B, M] bool, newest last
+    sink_keys: Optional[torch.Tensor] = None  # [B, sinks, H, D] with sinks, else None
+    sink_values: Optional[torch.Tensor] = None
+    sink_valid: Optional[torch.Tensor] = None  # [B, sinks] bool: the sink slots filled
 
 
 @dataclass
@@ -51,10 +54,9 @@ class AttnOptions:
 
 
 @register("attn")
-class Attention(Mixer):
+class Attention(KVMemoryMixer):
     Options = AttnOptions
     forms = ("recurrent", "parallel")
-    memory_valid = 2  # where the state holds its memory's validity (kv_memory.keep_newest)
 
     def __init__(self, d_model: int, options: AttnOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)
@@ -70,28 +72,28 @@ class Attention(Mixer):
             )
         self.heads = options.heads
         self.head_dim = d_model // options.heads
-        self.mem_len = options.mem_len
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
-    def init_state(self, batch: int, device=None, dtype=None) -> State:
+    def init_state(self, batch: int, device=None, dtype=None) -> AttnState:
         """Keys, values ``[B, M, H, D]`` and validity ``[B, M]``; with sinks, the same for ``[B, sinks]`` slots."""
         shape = (batch, self.mem_len, self.heads, self.head_dim)
         zeros = torch.zeros(shape, device=device, dtype=dtype or torch.float32)
-        state = (zeros, zeros.clone(), torch.zeros(batch, self.mem_len, device=device, dtype=torch.bool))
+        state = AttnState(zeros, zeros.clone(), torch.zeros(batch, self.mem_len, device=device, dtype=torch.bool))
         S = self.options.sinks
         if S:
             sink = torch.zeros(batch, S, self.heads, self.head_dim, device=device, dtype=dtype or torch.float32)
-            state += (sink, sink.clone(), torch.zeros(batch, S, device=device, dtype=torch.bool))
+            state = state._replace(sink_keys=sink, sink_values=sink.clone(),
+                                   sink_valid=torch.zeros(batch, S, device=device, dtype=torch.bool))
         return state
 
     def state_size(self) -> int:
         return 2 * (self.mem_len + self.options.sinks) * self.d_model
 
-    def forward_parallel(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward_parallel(self, x: torch.Tensor, state: AttnState) -> tuple[torch.Tensor, AttnState]:
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).unbind(2)
-        k_mem, v_mem, valid_mem = state[:3]
+        k_mem, v_mem, valid_mem = state.keys, state.values, state.valid
         if k_mem.shape[1] != self.mem_len:
             raise ValueError(f"attn state holds {k_mem.shape[1]} tokens but mem_len is {self.mem_len}")
         if self.options.sinks:
@@ -108,56 +110,22 @@ class Attention(Mixer):
             y = F.scaled_dot_product_attention(qr, kr, vt, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(qr, kr, vt, attn_mask=kv_memory.causal_mask(valid, T, self.options.window))
-        return self._project(y), kv_memory.keep_last(state, (k_all, v_all, valid))  # kept in fp32
+        memory = kv_memory.keep_last((k_mem, v_mem, valid_mem), (k_all, v_all, valid))  # kept in fp32
+        return self._project(y), AttnState(*memory)
 
-    def _with_sinks(self, q, k, v, state: State) -> tuple[torch.Tensor, State]:
-        """Attention over ``[sink slots ; memory ; segment]``; the segment's first tokens fill empty sink slots.
-
-        Sink tokens are never window keys: the memory marks them invalid, so
-        each key is seen once, through its sink slot.
-        """
-        k_mem, v_mem, valid_mem, k_sink, v_sink, sink_valid = state
-        B, T, S, M, W = q.shape[0], q.shape[1], self.options.sinks, self.mem_len, self.options.window
-        base = self.options.rope_base
-        slot = sink_valid.sum(1, keepdim=True) + torch.arange(T, device=q.device)  # [B, T]: sink slot of each token
-        is_sink = slot < S
-        (k_all, v_all), valid = kv_memory.extend((k_mem, v_mem), (k, v), valid_mem)
-        seg_sink = torch.cat([torch.zeros_like(valid_mem), is_sink], dim=1)  # [B, M + T]
-        windowed = valid & ~seg_sink
-        allowed = kv_memory.causal_mask(windowed, T, W) | kv_memory.causal_mask(seg_sink, T, None)
-        allowed = torch.cat([sink_valid[:, None, None, :].expand(B, 1, T, S), allowed], dim=-1)
-        cache_pos = allowed[:, 0].sum(-1) - 1  # [B, T]: keys seen before the query (sinks, then window)
-
-        positions = torch.arange(M + T, device=q.device)
-        zeros = torch.zeros_like(k_all)
-        window_keys = torch.cat([rotary(k_all, positions, base), zeros], dim=-1)
-        as_sinks = torch.cat([zeros[:, M:], rotary(k, slot.clamp(max=S), base)], dim=-1)  # segment tokens in sink slots
-        segment_keys = torch.where(is_sink[..., None, None], as_sinks, window_keys[:, M:])
-        sink_keys = torch.cat([torch.zeros_like(k_sink), rotary(k_sink, torch.arange(S, device=q.device), base)], -1)
-        keys = torch.cat([sink_keys.to(k.dtype), window_keys[:, :M], segment_keys], dim=1)
-        queries = torch.cat([rotary(q, positions[M:], base), rotary(q, cache_pos, base)], dim=-1)
-        values = torch.cat([v_sink.to(v.dtype), v_all], dim=1)
-        y = F.scaled_dot_product_attention(
-            queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
-            attn_mask=allowed, scale=self.head_dim**-0.5,
+    def _with_sinks(self, q, k, v, state: AttnState) -> tuple[torch.Tensor, AttnState]:
+        """Attention over ``[sink slots ; memory ; segment]`` (:func:`attend_with_sinks`)."""
+        y, memory, sinks = attend_with_sinks(
+            q, k, v, (state.keys, state.values, state.valid), (state.sink_keys, state.sink_values, state.sink_valid),
+            self.options.window, self.options.rope_base,
         )
-
-        # fill empty sink slots with the segment's first tokens
-        source = torch.arange(S, device=q.device) - sink_valid.sum(1, keepdim=True)  # [B, S]: segment index
-        fill = (source >= 0) & (source < T)
-        index = source.clamp(0, T - 1)[..., None, None].expand(B, S, *k.shape[2:])
-        new_sinks = tuple(
-            torch.where(fill[..., None, None], t.gather(1, index).to(old.dtype), old)
-            for t, old in ((k, k_sink), (v, v_sink))
-        )
-        memory = kv_memory.keep_last((k_mem, v_mem, valid_mem), (k_all, v_all, windowed))
-        return self._project(y), memory + new_sinks + (sink_valid | fill,)
+        return self._project(y), AttnState(*memory, *sinks)
 
     def _project(self, y: torch.Tensor) -> torch.Tensor:
         """Heads ``[B, H, T, D]`` -> output ``[B, T, d_model]``."""
         B, _, T, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(B, T, self.d_model))
 
-    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def step(self, x: torch.Tensor, state: AttnState) -> tuple[torch.Tensor, AttnState]:
         y, state = self.forward_parallel(x[:, None], state)
         return y[:, 0], state

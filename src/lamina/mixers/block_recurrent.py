@@ -23,7 +23,7 @@ block; here a token sees its own block only, and earlier blocks through the
 state alone, so the carried state stays one block's keys and values.
 
 The state carries the state vectors and the keys and values of the
-unfinished block (:class:`lamina.mixers.kv_memory.Segments`), so a full run,
+unfinished block (:class:`lamina.mixers.lamina.ops.segments.Segments`), so a full run,
 any split into calls with carried state and token-by-token decoding compute
 the same function: the model trained on blocks is the model that generates.
 A call processes its whole blocks at once (token self-attention batched over
@@ -40,15 +40,24 @@ block's keys and values ``[B, segment - 1, 2d]`` with their mask:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lamina.errors import LaminaError
-from lamina.mixers.base import Mixer, State, register
-from lamina.mixers.kv_memory import Segments
+from lamina.mixers.base import Mixer
+from lamina.mixers.registry import register
+from lamina.ops.segments import Segments
 from lamina.ops.rotary import rotary
+
+
+
+class BlockRecurrentState(NamedTuple):
+    vectors: torch.Tensor  # the recurrent state vectors [B, n_state, d]
+    kv: torch.Tensor  # the unfinished block's token keys and values [B, segment - 1, 2d]
+    filled: torch.Tensor  # [B, segment - 1] bool: its slots read so far
 
 
 @dataclass
@@ -88,12 +97,12 @@ class BlockRecurrent(Mixer):
             self.gate.bias[d : 2 * d] = -1.0
             self.gate.bias[2 * d :] = 1.0
 
-    def init_state(self, batch: int, device=None, dtype=None) -> State:
+    def init_state(self, batch: int, device=None, dtype=None) -> BlockRecurrentState:
         """State vectors ``[B, n_state, d]``, the unfinished block's token keys and values ``[B, segment - 1, 2d]``
         and their mask ``[B, segment - 1]``: zeros (empty)."""
         dtype = torch.float64 if dtype == torch.float64 else torch.float32
         S = self.options.segment
-        return (
+        return BlockRecurrentState(
             torch.zeros(batch, self.options.n_state, self.d_model, device=device, dtype=dtype),
             torch.zeros(batch, S - 1, 2 * self.d_model, device=device, dtype=dtype),
             torch.zeros(batch, S - 1, device=device, dtype=torch.bool),
@@ -112,9 +121,9 @@ class BlockRecurrent(Mixer):
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return y.transpose(1, 2).flatten(2)
 
-    def forward_parallel(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        c, kv_seg, filled = state
-        seg = Segments(filled, x.shape[1], self.options.segment)
+    def forward_parallel(self, x: torch.Tensor, state: BlockRecurrentState) -> tuple[torch.Tensor, BlockRecurrentState]:
+        c, kv_seg = state.vectors, state.kv
+        seg = Segments(state.filled, x.shape[1], self.options.segment)
         kv = seg.layout(self.token_kv(x), kv_seg)  # [B, n * segment, 2d]
         k_x, v_x = self._heads(kv, 2)
         q_self, q_cross = self._heads(self.token_q(x), 2)
@@ -143,4 +152,4 @@ class BlockRecurrent(Mixer):
         local = seg.attend(q_self, k_x, v_x).flatten(2)  # [B, T, d]
         y = self.out(torch.cat([local, cross], -1))
         new_kv, filled = seg.unfinished(kv)
-        return y, (c, new_kv.to(kv_seg.dtype), filled)
+        return y, BlockRecurrentState(c, new_kv.to(kv_seg.dtype), filled)

@@ -22,17 +22,25 @@ like the logits it is added to.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lamina.errors import LaminaError
-from lamina.mixers import kv_memory
-from lamina.mixers.base import Mixer, State, register
+from lamina.mixers.kv_memory import KVMemoryMixer
+from lamina.mixers.registry import register
+from lamina.ops import kv_memory
 from lamina.ops.decay_bias import forget_bias
 from lamina.ops.gates import log_sigmoid
+
+
+class FoxState(NamedTuple):
+    keys: torch.Tensor  # [B, M, H, D]
+    values: torch.Tensor  # [B, M, H, D]
+    decay: torch.Tensor  # log decay of each key to the memory's boundary [B, M, H], fp32
+    valid: torch.Tensor  # [B, M] bool, newest last
 
 
 @dataclass
@@ -43,10 +51,9 @@ class FoxOptions:
 
 
 @register("fox")
-class ForgettingAttention(Mixer):
+class ForgettingAttention(KVMemoryMixer):
     Options = FoxOptions
     forms = ("recurrent", "parallel")
-    memory_valid = 3  # where the state holds its memory's validity (kv_memory.keep_newest)
 
     def __init__(self, d_model: int, options: FoxOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)
@@ -57,26 +64,25 @@ class ForgettingAttention(Mixer):
             )
         self.heads = options.heads
         self.head_dim = d_model // options.heads
-        self.mem_len = options.mem_len
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.fgate = nn.Linear(d_model, options.heads)  # w_f, b_f of every head
         self.out = nn.Linear(d_model, d_model, bias=False)
 
-    def init_state(self, batch: int, device=None, dtype=None) -> State:
+    def init_state(self, batch: int, device=None, dtype=None) -> FoxState:
         """Keys, values ``[B, M, H, D]``, log decay to the boundary ``[B, M, H]`` (fp32) and validity ``[B, M]``."""
         shape = (batch, self.mem_len, self.heads, self.head_dim)
         zeros = torch.zeros(shape, device=device, dtype=torch.float32)
         decay = torch.zeros(batch, self.mem_len, self.heads, device=device, dtype=torch.float32)
-        return zeros, zeros.clone(), decay, torch.zeros(batch, self.mem_len, device=device, dtype=torch.bool)
+        return FoxState(zeros, zeros.clone(), decay, torch.zeros(batch, self.mem_len, device=device, dtype=torch.bool))
 
     def state_size(self) -> int:
         return self.mem_len * (2 * self.d_model + self.heads)
 
-    def forward_parallel(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward_parallel(self, x: torch.Tensor, state: FoxState) -> tuple[torch.Tensor, FoxState]:
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).unbind(2)
         log_f = log_sigmoid(self.fgate(x).float())  # [B, T, H]
-        k_mem, v_mem, decay_mem, valid_mem = state
+        k_mem, v_mem, decay_mem, valid_mem = state.keys, state.values, state.decay, state.valid
         if k_mem.shape[1] != self.mem_len:
             raise ValueError(f"fox state holds {k_mem.shape[1]} tokens but mem_len is {self.mem_len}")
         (k_all, v_all), valid = kv_memory.extend((k_mem, v_mem), (k, v), valid_mem)
@@ -87,9 +93,8 @@ class ForgettingAttention(Mixer):
         y = self.out(y.transpose(1, 2).reshape(B, T, self.d_model))
         # the last query's bias to each key is that key's log decay up to the new boundary
         decay_all = bias[:, :, -1].transpose(1, 2).masked_fill(~valid[..., None], 0.0)
-        new_state = kv_memory.keep_last((k_mem, v_mem, decay_mem, valid_mem), (k_all, v_all, decay_all, valid))
-        return y, new_state
+        return y, FoxState._make(kv_memory.keep_last(state, (k_all, v_all, decay_all, valid)))
 
-    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def step(self, x: torch.Tensor, state: FoxState) -> tuple[torch.Tensor, FoxState]:
         y, state = self.forward_parallel(x[:, None], state)
         return y[:, 0], state

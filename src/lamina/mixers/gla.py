@@ -26,8 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lamina.mixers.base import Mixer, State, register
-from lamina.mixers.common import expanded_width
+from lamina.mixers.base import Mixer
+from lamina.mixers.registry import register
+from lamina.mixers.state import MatrixState
+from lamina.mixers.parts.widths import expanded_width
 from lamina.ops.gla import gla, gla_step
 
 
@@ -60,10 +62,10 @@ class GLA(Mixer):
         self.norm = nn.RMSNorm(self.value_dim // self.heads, eps=options.norm_eps)
         self.out = nn.Linear(self.value_dim, d_model, bias=False)
 
-    def init_state(self, batch: int, device=None, dtype=None) -> State:
+    def init_state(self, batch: int, device=None, dtype=None) -> MatrixState:
         dtype = torch.promote_types(dtype or torch.float32, torch.float32)
         shape = (batch, self.heads, self.key_dim // self.heads, self.value_dim // self.heads)
-        return (torch.zeros(shape, device=device, dtype=dtype),)
+        return MatrixState(torch.zeros(shape, device=device, dtype=dtype))
 
     def state_size(self) -> int:
         return self.key_dim * self.value_dim // self.heads
@@ -79,13 +81,13 @@ class GLA(Mixer):
         gate = F.silu(self.r_proj(x)).unflatten(-1, (self.heads, -1))
         return self.out((self.norm(o.to(x.dtype)) * gate).flatten(-2))
 
-    def forward_chunk(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward_chunk(self, x: torch.Tensor, state: MatrixState) -> tuple[torch.Tensor, MatrixState]:
         q, k, v, g = self._inputs(x)
         scale = (self.key_dim // self.heads) ** -0.5
-        o, last = gla(q, k, v, g, scale=scale, initial_state=state[0], output_final_state=True)
-        return self._output(o, x), (last,)
+        o, last = gla(q, k, v, g, scale=scale, initial_state=state.S, output_final_state=True)
+        return self._output(o, x), MatrixState(last)
 
-    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def step(self, x_t: torch.Tensor, state: MatrixState) -> tuple[torch.Tensor, MatrixState]:
         q, k, v, g = self._inputs(x_t)
-        o, last = gla_step(q, k, v, g, state[0], scale=(self.key_dim // self.heads) ** -0.5)
-        return self._output(o, x_t), (last,)
+        o, last = gla_step(q, k, v, g, state.S, scale=(self.key_dim // self.heads) ** -0.5)
+        return self._output(o, x_t), MatrixState(last)

@@ -11,7 +11,7 @@ HGRN layer. Per hidden channel (section 3):
     y_t = (RMSNorm(h_t) * silu(x_t W_g)) W_o    output gate
 
 The lower bounds (section 3.2) are the model-wide table of
-:mod:`lamina.mixers.lower_bound`, shared with HGRN2 layers. It is declared per
+:mod:`lamina.mixers.parts.lower_bound`, shared with HGRN2 layers. It is declared per
 ``d_model`` because that is all the model knows; with ``expand_ratio > 1``
 each bound is repeated over its expansion channels, so layers of different
 expansion share one table. A mixer that is not bound to a model (or has
@@ -31,8 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lamina.errors import LaminaError
-from lamina.mixers.base import Mixer, State, register
-from lamina.mixers.lower_bound import LOWER_BOUNDS, SHARED, bounded_forget, layer_lower_bound
+from lamina.mixers.base import Mixer
+from lamina.mixers.registry import register
+from lamina.mixers.state import HiddenState
+from lamina.mixers.parts.lower_bound import LOWER_BOUNDS, SHARED, bounded_forget, layer_lower_bound
 from lamina.ops.norm import gated_rms_norm
 from lamina.ops.scan import gated_scan, gated_scan_step
 
@@ -62,9 +64,9 @@ class HGRN(Mixer):
         self.norm = nn.RMSNorm(self.hidden, eps=1e-5)  # its weight and eps, applied with the gate by gated_rms_norm
         self.out = nn.Linear(self.hidden, d_model, bias=False)
 
-    def init_state(self, batch: int, device=None, dtype=None) -> State:
+    def init_state(self, batch: int, device=None, dtype=None) -> HiddenState:
         dtype = torch.promote_types(dtype or torch.float32, torch.float32)
-        return (torch.zeros(batch, self.hidden, device=device, dtype=dtype),)
+        return HiddenState(torch.zeros(batch, self.hidden, device=device, dtype=dtype))
 
     def lower_bound(self, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
         """This layer's ``gamma`` per hidden channel, or None where it is 0."""
@@ -83,12 +85,12 @@ class HGRN(Mixer):
     def _output(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.out(gated_rms_norm(h, self.norm.weight, self.g_proj(x), self.norm.eps).to(x.dtype))
 
-    def forward_chunk(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward_chunk(self, x: torch.Tensor, state: HiddenState) -> tuple[torch.Tensor, HiddenState]:
         i, g = self._inputs(x)
-        h, last = gated_scan(i, g, initial_state=state[0], output_final_state=True)
-        return self._output(h, x), (last,)
+        h, last = gated_scan(i, g, initial_state=state.h, output_final_state=True)
+        return self._output(h, x), HiddenState(last)
 
-    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def step(self, x_t: torch.Tensor, state: HiddenState) -> tuple[torch.Tensor, HiddenState]:
         i, g = self._inputs(x_t)
-        h = gated_scan_step(i, g, state[0])
-        return self._output(h, x_t), (h,)
+        h = gated_scan_step(i, g, state.h)
+        return self._output(h, x_t), HiddenState(h)

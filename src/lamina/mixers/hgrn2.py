@@ -14,7 +14,7 @@ The forget width is ``d_model`` split into ``d_model / expand_ratio`` heads of
 experiments); each head's values are ``expand_ratio`` wide too, so the state is
 ``expand_ratio * d_model`` floats, ``expand_ratio`` times HGRN's. The log
 decay and ``1 - f`` come from the shared lower-bound helper
-(:mod:`lamina.mixers.lower_bound`), whose table is the same one HGRN layers
+(:mod:`lamina.mixers.parts.lower_bound`), whose table is the same one HGRN layers
 use. No score scaling (the paper's ``o_t S_t``; the RMSNorm is scale invariant).
 
 Initialisation: the model's (every ``nn.Linear`` normal(0, 0.02), ``out``
@@ -32,8 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lamina.errors import LaminaError
-from lamina.mixers.base import Mixer, State, register
-from lamina.mixers.lower_bound import LOWER_BOUNDS, SHARED, bounded_forget, layer_lower_bound
+from lamina.mixers.base import Mixer
+from lamina.mixers.registry import register
+from lamina.mixers.state import MatrixState
+from lamina.mixers.parts.lower_bound import LOWER_BOUNDS, SHARED, bounded_forget, layer_lower_bound
 from lamina.ops.gla import gla, gla_step
 
 
@@ -66,10 +68,10 @@ class HGRN2(Mixer):
         self.norm = nn.RMSNorm(d_model, eps=options.norm_eps)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
-    def init_state(self, batch: int, device=None, dtype=None) -> State:
+    def init_state(self, batch: int, device=None, dtype=None) -> MatrixState:
         dtype = torch.promote_types(dtype or torch.float32, torch.float32)
         size = self.expand_ratio
-        return (torch.zeros(batch, self.heads, size, size, device=device, dtype=dtype),)
+        return MatrixState(torch.zeros(batch, self.heads, size, size, device=device, dtype=dtype))
 
     def state_size(self) -> int:
         return self.expand_ratio * self.d_model
@@ -90,11 +92,11 @@ class HGRN2(Mixer):
     def _output(self, o: torch.Tensor) -> torch.Tensor:
         return self.out(self.norm(o.flatten(-2).to(self.norm.weight.dtype)))
 
-    def forward_chunk(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward_chunk(self, x: torch.Tensor, state: MatrixState) -> tuple[torch.Tensor, MatrixState]:
         q, k, v, g = self._inputs(x)
-        o, last = gla(q, k, v, g, scale=1.0, initial_state=state[0], output_final_state=True)
-        return self._output(o), (last,)
+        o, last = gla(q, k, v, g, scale=1.0, initial_state=state.S, output_final_state=True)
+        return self._output(o), MatrixState(last)
 
-    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        o, last = gla_step(*self._inputs(x_t), state[0], scale=1.0)
-        return self._output(o), (last,)
+    def step(self, x_t: torch.Tensor, state: MatrixState) -> tuple[torch.Tensor, MatrixState]:
+        o, last = gla_step(*self._inputs(x_t), state.S, scale=1.0)
+        return self._output(o), MatrixState(last)

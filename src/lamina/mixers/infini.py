@@ -12,7 +12,7 @@ complete, all its keys and values are written into the memory (``update``:
 ``A = sigmoid(beta) A_mem + (1 - sigmoid(beta)) A_dot`` and projected out.
 
 The state carries the memory and the keys and values of the unfinished
-segment (:class:`lamina.mixers.kv_memory.Segments`), so a full run, any split
+segment (:class:`lamina.mixers.lamina.ops.segments.Segments`), so a full run, any split
 into calls with carried state and token-by-token decoding compute the same
 function: the model trained on segments is the model that generates. A call
 processes its whole segments at once (local attention batched over them; the
@@ -28,15 +28,26 @@ segment's keys and values ``[B, segment - 1, H, D/H]`` with their mask:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from lamina.errors import LaminaError
-from lamina.mixers.base import Mixer, State, register
-from lamina.mixers.kv_memory import Segments
+from lamina.mixers.base import Mixer
+from lamina.mixers.registry import register
+from lamina.ops.segments import Segments
 from lamina.ops.compressive import UPDATES, compressive_memory, read_memory
 from lamina.ops.rotary import rotary
+
+
+
+class InfiniState(NamedTuple):
+    memory: torch.Tensor  # M [B, H, D/H, D/H]
+    norm: torch.Tensor  # z [B, H, D/H]
+    keys: torch.Tensor  # the unfinished segment's keys [B, segment - 1, H, D/H]
+    values: torch.Tensor  # and values
+    filled: torch.Tensor  # [B, segment - 1] bool: its slots read so far
 
 
 @dataclass
@@ -68,13 +79,13 @@ class InfiniAttention(Mixer):
         self.beta = nn.Parameter(torch.zeros(self.heads))
         self.out = nn.Linear(d_model, d_model, bias=False)
 
-    def init_state(self, batch: int, device=None, dtype=None) -> State:
+    def init_state(self, batch: int, device=None, dtype=None) -> InfiniState:
         """Memory ``[B, H, D/H, D/H]``, normaliser ``[B, H, D/H]``, the unfinished segment's keys and values
         ``[B, segment - 1, H, D/H]`` and their mask ``[B, segment - 1]``: zeros (empty)."""
         dtype = torch.float64 if dtype == torch.float64 else torch.float32
         H, Dh, S = self.heads, self.head_dim, self.options.segment
         keys = torch.zeros(batch, S - 1, H, Dh, device=device, dtype=dtype)
-        return (
+        return InfiniState(
             torch.zeros(batch, H, Dh, Dh, device=device, dtype=dtype),
             torch.zeros(batch, H, Dh, device=device, dtype=dtype),
             keys,
@@ -85,10 +96,10 @@ class InfiniAttention(Mixer):
     def state_size(self) -> int:
         return self.d_model * (self.head_dim + 1) + 2 * (self.options.segment - 1) * self.d_model
 
-    def forward_parallel(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward_parallel(self, x: torch.Tensor, state: InfiniState) -> tuple[torch.Tensor, InfiniState]:
         B, T, _ = x.shape
-        memory, norm, k_seg, v_seg, filled = state
-        seg = Segments(filled, T, self.options.segment)
+        memory, norm, k_seg, v_seg = state.memory, state.norm, state.keys, state.values
+        seg = Segments(state.filled, T, self.options.segment)
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).unbind(2)
         k, v = seg.layout(k, k_seg), seg.layout(v, v_seg)  # [B, n * segment, H, Dh]
 
@@ -117,4 +128,4 @@ class InfiniAttention(Mixer):
         a = gate * a_mem.to(a_dot.dtype) + (1 - gate) * a_dot
         y = self.out(a.reshape(B, T, self.d_model))
         (new_k, filled), (new_v, _) = seg.unfinished(k), seg.unfinished(v)
-        return y, (memory, norm, new_k.to(k_seg.dtype), new_v.to(v_seg.dtype), filled)
+        return y, InfiniState(memory, norm, new_k.to(k_seg.dtype), new_v.to(v_seg.dtype), filled)

@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lamina.errors import LaminaError
-from lamina.mixers.base import Mixer, State, register
+from lamina.mixers.base import Mixer
+from lamina.mixers.registry import register
+from lamina.mixers.state import MatrixState
 from lamina.ops.gla import gla, gla_step
 
 FEATURE_MAPS = {
@@ -69,10 +71,10 @@ class LinearAttention(Mixer):
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
-    def init_state(self, batch: int, device=None, dtype=None) -> State:
+    def init_state(self, batch: int, device=None, dtype=None) -> MatrixState:
         dtype = torch.promote_types(dtype or torch.float32, torch.float32)
         values = self.head_dim + int(self.options.normalize)
-        return (torch.zeros(batch, self.heads, self.head_dim, values, device=device, dtype=dtype),)
+        return MatrixState(torch.zeros(batch, self.heads, self.head_dim, values, device=device, dtype=dtype))
 
     def state_size(self) -> int:
         return self.d_model * (self.head_dim + int(self.options.normalize))
@@ -94,10 +96,10 @@ class LinearAttention(Mixer):
     def scale(self) -> float:
         return 1.0 if self.options.normalize else self.head_dim**-0.5
 
-    def forward_chunk(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        o, last = gla(*self._inputs(x), scale=self.scale, initial_state=state[0], output_final_state=True)
-        return self._output(o), (last,)
+    def forward_chunk(self, x: torch.Tensor, state: MatrixState) -> tuple[torch.Tensor, MatrixState]:
+        o, last = gla(*self._inputs(x), scale=self.scale, initial_state=state.S, output_final_state=True)
+        return self._output(o), MatrixState(last)
 
-    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        o, last = gla_step(*self._inputs(x_t), state[0], scale=self.scale)
-        return self._output(o), (last,)
+    def step(self, x_t: torch.Tensor, state: MatrixState) -> tuple[torch.Tensor, MatrixState]:
+        o, last = gla_step(*self._inputs(x_t), state.S, scale=self.scale)
+        return self._output(o), MatrixState(last)

@@ -34,7 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lamina.errors import LaminaError
-from lamina.mixers.base import Mixer, State, register
+from lamina.mixers.base import Mixer
+from lamina.mixers.registry import register
+from lamina.mixers.state import MatrixConvState
 from lamina.ops.conv import causal_conv, causal_conv_step
 from lamina.ops.gates import init_ssm_decay, ssm_log_decay
 from lamina.ops.gla import gla, gla_step
@@ -98,12 +100,12 @@ class Mamba2(Mixer):
             self.D.fill_(1.0)
             self.norm_weight.fill_(1.0)
 
-    def init_state(self, batch: int, device=None, dtype=None) -> State:
+    def init_state(self, batch: int, device=None, dtype=None) -> MatrixConvState:
         dtype = torch.promote_types(dtype or torch.float32, torch.float32)
         o = self.options
         ssm = torch.zeros(batch, self.heads, o.d_state, o.head_dim, device=device, dtype=dtype)
         conv = torch.zeros(batch, o.conv_width - 1, self.conv_dim, device=device, dtype=dtype)
-        return ssm, conv
+        return MatrixConvState(ssm, conv)
 
     def state_size(self) -> int:
         return self.inner * self.options.d_state + (self.options.conv_width - 1) * self.conv_dim
@@ -125,17 +127,17 @@ class Mamba2(Mixer):
         normed = F.rms_norm(gated, (gated.shape[-1],), eps=self.options.norm_eps).flatten(-2)
         return self.out(normed * self.norm_weight)
 
-    def forward_chunk(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward_chunk(self, x: torch.Tensor, state: MatrixConvState) -> tuple[torch.Tensor, MatrixConvState]:
         z, xBC, dt_raw = self._split(self.in_proj(x))
-        xBC, conv_state = causal_conv(xBC, self.conv_weight, self.conv_bias, initial_state=state[1],
+        xBC, conv_state = causal_conv(xBC, self.conv_weight, self.conv_bias, initial_state=state.conv,
                                       output_final_state=True)
         q, k, v, g = self._ssm_inputs(xBC, dt_raw)
-        y, ssm_state = gla(q, k, v, g, scale=1.0, initial_state=state[0], output_final_state=True)
-        return self._output(y, v, z), (ssm_state, conv_state.to(state[1].dtype))
+        y, ssm_state = gla(q, k, v, g, scale=1.0, initial_state=state.S, output_final_state=True)
+        return self._output(y, v, z), MatrixConvState(ssm_state, conv_state.to(state.conv.dtype))
 
-    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def step(self, x_t: torch.Tensor, state: MatrixConvState) -> tuple[torch.Tensor, MatrixConvState]:
         z, xBC, dt_raw = self._split(self.in_proj(x_t))
-        xBC, conv_state = causal_conv_step(xBC, self.conv_weight, self.conv_bias, state[1])
+        xBC, conv_state = causal_conv_step(xBC, self.conv_weight, self.conv_bias, state.conv)
         q, k, v, g = self._ssm_inputs(xBC, dt_raw)
-        y, ssm_state = gla_step(q, k, v, g, state[0], scale=1.0)
-        return self._output(y, v, z), (ssm_state, conv_state.to(state[1].dtype))
+        y, ssm_state = gla_step(q, k, v, g, state.S, scale=1.0)
+        return self._output(y, v, z), MatrixConvState(ssm_state, conv_state.to(state.conv.dtype))

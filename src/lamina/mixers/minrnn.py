@@ -38,7 +38,9 @@ import torch
 from torch import nn
 
 from lamina.errors import LaminaError
-from lamina.mixers.base import Mixer, State, register
+from lamina.mixers.base import Mixer
+from lamina.mixers.registry import register
+from lamina.mixers.state import HiddenState
 from lamina.ops.gates import candidate_g, interpolation_gates, normalized_gates
 from lamina.ops.scan import gated_scan, gated_scan_step
 
@@ -69,9 +71,9 @@ class _MinRNN(Mixer):
         self.proj = nn.Linear(d_model, (self.n_gates + 1) * self.hidden, bias=False)
         self.out = nn.Linear(self.hidden, d_model, bias=False)
 
-    def init_state(self, batch: int, device=None, dtype=None) -> State:
+    def init_state(self, batch: int, device=None, dtype=None) -> HiddenState:
         dtype = torch.promote_types(dtype or torch.float32, torch.float32)
-        return (torch.zeros(batch, self.hidden, device=device, dtype=dtype),)
+        return HiddenState(torch.zeros(batch, self.hidden, device=device, dtype=dtype))
 
     @abc.abstractmethod
     def log_gates(self, *pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,15 +88,15 @@ class _MinRNN(Mixer):
         g, log_w = self.log_gates(*gates)
         return (torch.exp(log_w) * candidate).to(x.dtype), g
 
-    def forward_chunk(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward_chunk(self, x: torch.Tensor, state: HiddenState) -> tuple[torch.Tensor, HiddenState]:
         b, g = self._inputs(x)
-        h, last = gated_scan(b, g, initial_state=state[0], output_final_state=True)
-        return self.out(h.to(x.dtype)), (last,)
+        h, last = gated_scan(b, g, initial_state=state.h, output_final_state=True)
+        return self.out(h.to(x.dtype)), HiddenState(last)
 
-    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def step(self, x_t: torch.Tensor, state: HiddenState) -> tuple[torch.Tensor, HiddenState]:
         b, g = self._inputs(x_t)
-        h = gated_scan_step(b, g, state[0])
-        return self.out(h.to(x_t.dtype)), (h,)
+        h = gated_scan_step(b, g, state.h)
+        return self.out(h.to(x_t.dtype)), HiddenState(h)
 
 
 @register("mingru")

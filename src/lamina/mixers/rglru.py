@@ -44,20 +44,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lamina.errors import LaminaError
-from lamina.mixers.base import Mixer, State, register
+from lamina.mixers.base import Mixer
+from lamina.mixers.registry import register
 from lamina.ops.conv import causal_conv, causal_conv_step
 from lamina.ops.gates import log_sigmoid, lru_normalizer
 from lamina.ops.scan import gated_scan, gated_scan_step
 
 C = 8.0  # the fixed scale of the recurrence gate's exponent (section 2.4)
 A_POW_C_RANGE = (0.9, 0.999)  # a^c is drawn uniformly from this range at initialisation
+
+
+class RGLRUState(NamedTuple):
+    h: torch.Tensor  # [B, width], fp32 or wider
+    conv: torch.Tensor  # the last conv_width - 1 conv inputs [B, conv_width - 1, width]
 
 
 @dataclass
@@ -102,11 +108,11 @@ class RGLRU(Mixer):
             log_a = self.a_logit.new_empty(self.width).uniform_(*A_POW_C_RANGE).log_() / C
             self.a_logit.copy_(log_a - torch.log(-torch.expm1(log_a)))  # logit(a), from log a
 
-    def init_state(self, batch: int, device=None, dtype=None) -> State:
+    def init_state(self, batch: int, device=None, dtype=None) -> RGLRUState:
         dtype = torch.promote_types(dtype or torch.float32, torch.float32)
         h = torch.zeros(batch, self.width, device=device, dtype=dtype)
         conv = torch.zeros(batch, self.options.conv_width - 1, self.width, device=device, dtype=dtype)
-        return h, conv
+        return RGLRUState(h, conv)
 
     def _lru_inputs(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The scan's input ``sqrt(1 - a_t^2) i_t u_t`` (in u's dtype) and ``log a_t`` (fp32 or wider)."""
@@ -118,18 +124,18 @@ class RGLRU(Mixer):
         b = lru_normalizer(log_a) * torch.sigmoid(i) * u.to(acc)
         return b.to(u.dtype), log_a
 
-    def forward_chunk(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward_chunk(self, x: torch.Tensor, state: RGLRUState) -> tuple[torch.Tensor, RGLRUState]:
         h0, conv0 = state
         y, u = self.in_proj(x).chunk(2, dim=-1)
         u, conv = causal_conv(u, self.conv_weight, self.conv_bias, initial_state=conv0, output_final_state=True)
         b, g = self._lru_inputs(u)
         h, last = gated_scan(b, g, initial_state=h0, output_final_state=True)
-        return self.out(F.gelu(y) * h.to(x.dtype)), (last, conv.to(conv0.dtype))
+        return self.out(F.gelu(y) * h.to(x.dtype)), RGLRUState(last, conv.to(conv0.dtype))
 
-    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def step(self, x_t: torch.Tensor, state: RGLRUState) -> tuple[torch.Tensor, RGLRUState]:
         h0, conv0 = state
         y, u = self.in_proj(x_t).chunk(2, dim=-1)
         u, conv = causal_conv_step(u, self.conv_weight, self.conv_bias, conv0)
         b, g = self._lru_inputs(u)
         h = gated_scan_step(b, g, h0)
-        return self.out(F.gelu(y) * h.to(x_t.dtype)), (h, conv.to(conv0.dtype))
+        return self.out(F.gelu(y) * h.to(x_t.dtype)), RGLRUState(h, conv.to(conv0.dtype))

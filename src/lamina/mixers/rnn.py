@@ -30,12 +30,20 @@ so that memory is kept by default at the start of training.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import ClassVar, NamedTuple, Optional
 
 import torch
 from torch import nn
 
-from lamina.mixers.base import Mixer, State, register
+from lamina.mixers.base import Mixer
+from lamina.mixers.registry import register
+from lamina.mixers.state import HiddenState, State
+
+
+
+class LSTMState(NamedTuple):
+    h: torch.Tensor  # [B, hidden]
+    c: torch.Tensor  # [B, hidden], the cell
 
 
 @dataclass
@@ -72,12 +80,12 @@ def autocast_kernel_runs(module: type[nn.RNNBase], x: torch.Tensor) -> bool:
 
 
 class _LibraryRNN(Mixer):
-    """A single-layer ``torch.nn`` recurrence; subclasses name the module and its number of state tensors."""
+    """A single-layer ``torch.nn`` recurrence; subclasses name the module and its state's named tuple."""
 
     Options = RNNOptions
     forms = ("recurrent", "chunk")
     module: ClassVar[type[nn.RNNBase]]
-    n_states: ClassVar[int]
+    state_type: ClassVar[type]  # a NamedTuple of [B, hidden] tensors, in the library's order
 
     def __init__(self, d_model: int, options: RNNOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)
@@ -92,7 +100,8 @@ class _LibraryRNN(Mixer):
 
     def init_state(self, batch: int, device=None, dtype=None) -> State:
         dtype = torch.promote_types(dtype or torch.float32, torch.float32)
-        return tuple(torch.zeros(batch, self.hidden, device=device, dtype=dtype) for _ in range(self.n_states))
+        zeros = (torch.zeros(batch, self.hidden, device=device, dtype=dtype) for _ in self.state_type._fields)
+        return self.state_type._make(zeros)
 
     def forward_chunk(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         device = x.device.type
@@ -106,13 +115,13 @@ class _LibraryRNN(Mixer):
             y, new = self._library_call(x, state)
         if self.out is not None:
             y = self.out(y)
-        return y, tuple(n.squeeze(0).to(s.dtype) for n, s in zip(new, state))
+        return y, self.state_type._make(n.squeeze(0).to(s.dtype) for n, s in zip(new, state))
 
     def _library_call(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """``self.rnn`` over ``x`` from ``state``: outputs and the new state, each ``[1, B, hidden]``."""
         hx = tuple(s.to(x.dtype).unsqueeze(0) for s in state)  # [num_layers = 1, B, hidden]
-        y, new = self.rnn(x, hx if self.n_states > 1 else hx[0])
-        return y, (new if self.n_states > 1 else (new,))
+        y, new = self.rnn(x, hx if len(hx) > 1 else hx[0])
+        return y, (new if len(hx) > 1 else (new,))
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         y, state = self.forward_chunk(x_t.unsqueeze(1), state)
@@ -122,13 +131,13 @@ class _LibraryRNN(Mixer):
 @register("gru")
 class GRU(_LibraryRNN):
     module = nn.GRU
-    n_states = 1
+    state_type = HiddenState
 
 
 @register("lstm")
 class LSTM(_LibraryRNN):
     module = nn.LSTM
-    n_states = 2
+    state_type = LSTMState
 
     def reset_parameters(self) -> None:
         """PyTorch's, then forget-gate bias 1 (rows ``[H, 2H)`` of the ``[i, f, g, o]`` layout)."""

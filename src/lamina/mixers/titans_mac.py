@@ -10,9 +10,9 @@ counted from its start. For a segment ``S(t)``, per head::
     o_t = y_t ⊗ M*_t(y_t)                       ⊗: the normalised, non-linear gate of section 4.2
 
 with the linear memory, the gates and the stability scaling of
-:mod:`lamina.mixers.titans` (``NeuralMemoryBranch``), and the persistent
+:mod:`lamina.mixers.parts.neural_memory`, and the persistent
 slots, rotary positions and the gate of ``titans_mag``
-(``TitansAttention``): ``o = W_out(RMSNorm(y_attn) * sigmoid(RMSNorm(M*(y))))``
+(:mod:`lamina.mixers.parts.titans_attention`): ``o = W_out(RMSNorm(y_attn) * sigmoid(RMSNorm(M*(y))))``
 per head, ``y_attn`` the attention's per-head output. The memory's input is
 ``y = RMSNorm(y_attn W_y)`` of width ``d_model``.
 
@@ -53,14 +53,23 @@ starts a segment.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
 
-from lamina.mixers import kv_memory
-from lamina.mixers.base import State, register
-from lamina.mixers.titans import TitansAttention, TitansOptions
+from lamina.mixers.parts.neural_memory import NeuralMemoryState, TitansOptions
+from lamina.mixers.parts.titans_attention import TitansAttention
+from lamina.mixers.registry import register
+from lamina.ops import kv_memory
+
+
+class TitansMACState(NamedTuple):
+    memory: NeuralMemoryState
+    h_keys: torch.Tensor  # keys of the retrieved h for the segment's last C - 1 tokens [B, C - 1, H, K]
+    h_values: torch.Tensor
+    x_keys: torch.Tensor  # keys of the tokens themselves [B, C - 1, H, K]
+    x_values: torch.Tensor
 
 
 @dataclass
@@ -89,25 +98,25 @@ class TitansMAC(TitansAttention):
         self.attn_out = nn.Linear(H * K, d_model, bias=False)  # y, the memory's input
         self.y_norm = nn.RMSNorm(d_model, eps=1e-5)
 
-    def init_state(self, batch: int, device=None, dtype=None) -> State:
+    def init_state(self, batch: int, device=None, dtype=None) -> TitansMACState:
         """The memory branch's state, then keys and values of ``h`` and of ``x``, each ``[B, C - 1, H, K]``."""
         dtype = torch.promote_types(dtype or torch.float32, torch.float32)
         shape = (batch, self.options.segment - 1, self.memory.heads, self.memory.head_dim)
-        kv = tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(4))
-        return self.memory.init_state(batch, device, dtype) + kv
+        kv = (torch.zeros(shape, device=device, dtype=dtype) for _ in range(4))
+        return TitansMACState(self.memory.init_state(batch, device, dtype), *kv)
 
     def state_size(self) -> int:
         """``3 H K^2 + 1`` for the memory, ``4 (C - 1) H K`` for the segment's keys and values of ``h`` and ``x``."""
         H, K = self.memory.heads, self.memory.head_dim
         return self.memory.state_size() + 4 * (self.options.segment - 1) * H * K
 
-    def _segment(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def _segment(self, x: torch.Tensor, state: TitansMACState) -> tuple[torch.Tensor, TitansMACState]:
         """Tokens that all lie in the current segment of every sequence: outputs and the new state."""
         B, T, _ = x.shape
         H, K = self.memory.heads, self.memory.head_dim
-        memory, buffered = state[:4], state[4:]
-        seen = memory[3][:, 0].round().long()  # tokens of its current segment each sequence has seen
-        h = self.memory.read(x, memory[2])  # the anchor: the memory as it was at the segment's start
+        memory, buffered = state.memory, (state.h_keys, state.h_values, state.x_keys, state.x_values)
+        seen = memory.position[:, 0].round().long()  # tokens of its current segment each sequence has seen
+        h = self.memory.read(x, memory.anchor)  # the memory as it was at the segment's start
         hk, hv = self.memory_kv(h.to(x.dtype).flatten(-2)).view(B, T, 2, H, K).unbind(2)
         q, xk, xv = self.qkv(x).view(B, T, 3, H, K).unbind(2)
         P = buffered[0].shape[1]
@@ -119,11 +128,11 @@ class TitansMAC(TitansAttention):
                                  positions[P:], positions.repeat(2), mask.repeat(1, 1, 1, 2))
         y = self.attn_out(y_attn.flatten(-2))
         y_mem, memory = self.memory(self.y_norm(y.to(self.y_norm.weight.dtype)), memory)
-        return self._combine(y_attn, y_mem), memory + kv_memory.keep_last(buffered, joined)
+        return self._combine(y_attn, y_mem), TitansMACState(memory, *kv_memory.keep_last(buffered, joined))
 
-    def forward_chunk(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward_chunk(self, x: torch.Tensor, state: TitansMACState) -> tuple[torch.Tensor, TitansMACState]:
         C, T = self.options.segment, x.shape[1]
-        seen = set(state[3][:, 0].round().long().tolist())
+        seen = set(state.memory.position[:, 0].round().long().tolist())
         cuts = sorted({0, T} | {t for p in seen for t in range(C - p, T, C)})
         outputs = []
         for a, b in zip(cuts[:-1], cuts[1:]):
@@ -131,6 +140,6 @@ class TitansMAC(TitansAttention):
             outputs.append(y)
         return torch.cat(outputs, 1), state
 
-    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def step(self, x_t: torch.Tensor, state: TitansMACState) -> tuple[torch.Tensor, TitansMACState]:
         y, state = self._segment(x_t[:, None], state)
         return y[:, 0], state

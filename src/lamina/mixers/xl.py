@@ -20,67 +20,46 @@ position fewer, we keep the whole span the memory holds so that chunks stay
 exact.
 
 The paper's stop-gradient on the memory is the training loop's
-:func:`~lamina.mixers.base.detach_state` between segments; inside one call
+:func:`~lamina.mixers.state.detach_state` between segments; inside one call
 the carried state keeps its graph, so every form gives the same gradients.
-``mem_len`` is read at every call: :meth:`lamina.models.lm.LM.memory` may
-lengthen it for evaluation, and a carried memory of another length is
+``mem_len`` is read at every call: :meth:`~lamina.mixers.kv_memory.KVMemoryMixer.memory_length`
+may lengthen it for evaluation, and a carried memory of another length is
 trimmed or left-padded with empty slots.
 
-Compressive memory (``cmem_len > 0``): Rae et al. 2020, "Compressive
-Transformers for Long-Range Sequence Modelling", section 3. Hidden states that
-leave the memory are not dropped but compressed ``cmem_rate`` (the paper's
-``c``) to one, by mean or max pooling over time (``compress``; section 3.1's
-parameter-free functions, :func:`lamina.ops.pooling.pool_groups`), into a
-second first-in first-out memory of ``cmem_len`` slots, and queries attend over
-``[compressed memory; memory; segment]`` with keys and values from the current
-weights. The paper's best compression, a convolution trained by the auxiliary
-attention-reconstruction loss (section 3.2), and its dilated-convolution and
-most-used variants are left out. Where we depart from the paper, and why:
+Compressive memory (``cmem_len > 0``): Rae et al. 2020. Hidden states that
+leave the memory are pooled ``cmem_rate`` to one (``compress``: mean or max)
+into a second memory of ``cmem_len`` slots, and queries attend over
+``[compressed memory; memory; segment]`` with keys and values from the
+current weights; :mod:`lamina.mixers.parts.compressive` keeps that memory
+and says where we depart from the paper.
 
-- Groups are fixed in the stream: the ``c``-th, ``2c``-th, ... state to leave
-  the memory closes a group. States that have left but do not yet fill a group
-  (fewer than ``c``) wait in the state, in ``c - 1`` pending slots, and no
-  query reads them until their group is compressed. The paper evicts a whole
-  segment (a multiple of ``c``) at once; with segments and ``mem_len``
-  multiples of ``c`` nothing waits at a segment's end, and with any split the
-  groups are the same, so carried chunks stay exact.
-- Positions: as the authors' code, which concatenates the compressed memory
-  before the memory, each compressed slot counts as one position, just
-  before the oldest memory slot: the newest compressed slot is at distance
-  ``mem_len + 1 + i`` from the ``i``-th query of a call, the next one ``+1``,
-  and so on; ``clamp_len`` caps these distances like any other.
-- ``same_length``: every query sees itself, the ``mem_len`` states before it
-  and the newest ``cmem_len`` groups of the states before those, the newest at
-  distance ``mem_len + 1``. States thus leave a query's view token by token,
-  and are compressed within the call as soon as their group is complete: one
-  call computes what one-token segments compute, and chunks are exact. Without
-  it, as in the paper, a call is a segment: its queries read the compressed
-  memory as it was when the call began, and chunks equal the full run only
-  while the memory covers them.
-- A memory fitted to another ``mem_len`` (:meth:`lamina.models.lm.LM.memory`)
-  keeps ``cmem_len`` and ``cmem_rate``; the compressed memory and the pending
-  states are carried as they are, states trimmed from a shorter memory are
-  dropped, not compressed, and the empty slots of a longer one count as
-  positions between the compressed memory and the states until they fill.
-
-State: memory ``[B, mem_len, d]``, compressed memory ``[B, cmem_len, d]`` and
-pending states ``[B, cmem_rate - 1, d]`` in fp32, each with a validity mask.
+State (:class:`XLState`): memory ``[B, mem_len, d]`` in fp32 with a validity
+mask, and with ``cmem_len`` the compressed memory's state.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lamina.errors import LaminaError
-from lamina.mixers import kv_memory
-from lamina.mixers.base import Mixer, State, register
-from lamina.ops.pooling import POOLS, pool_groups
+from lamina.mixers.kv_memory import KVMemoryMixer
+from lamina.mixers.parts.compressive import CompressedState, CompressiveMemory
+from lamina.mixers.registry import register
+from lamina.ops import kv_memory
+from lamina.ops.relative import rel_shift, sinusoid
+from lamina.ops.pooling import POOLS
+
+
+class XLState(NamedTuple):
+    memory: torch.Tensor  # this layer's inputs of the last mem_len tokens [B, M, d], fp32 or wider
+    valid: torch.Tensor  # [B, M] bool, newest last
+    compressed: Optional[CompressedState] = None  # with cmem_len > 0
 
 
 @dataclass
@@ -94,31 +73,10 @@ class XLOptions:
     compress: str = "mean"  # the pooling that compresses them: mean or max
 
 
-def sinusoid(distances: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
-    """``[N]`` distances -> ``[N, dim]`` sinusoid embeddings (sines, then cosines), as in Vaswani et al."""
-    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, dim, 2, device=distances.device, dtype=torch.float64) / dim))
-    angles = distances.to(torch.float64)[:, None] * inv_freq[None, :]
-    return torch.cat([angles.sin(), angles.cos()], dim=-1).to(dtype)
-
-
-def rel_shift(scores: torch.Tensor) -> torch.Tensor:
-    """``[..., T, L]`` scores by reversed distance (column ``c`` is distance ``L-1-c``) -> by key.
-
-    The pad-and-reshape trick: pad one zero column on the left, read the
-    buffer as ``[L+1, T]``, drop its first row and read the rest as
-    ``[T, L]``. Entry ``(i, j)`` then holds distance ``L-T+i-j`` for every key
-    ``j <= L-T+i``; later keys hold junk and must be masked.
-    """
-    *lead, T, L = scores.shape
-    padded = F.pad(scores, (1, 0)).view(*lead, L + 1, T)
-    return padded[..., 1:, :].reshape(*lead, T, L)
-
-
 @register("xl")
-class TransformerXL(Mixer):
+class TransformerXL(KVMemoryMixer):
     Options = XLOptions
     forms = ("recurrent", "parallel")
-    memory_valid = 1  # where the state holds its memory's validity (kv_memory.keep_newest)
 
     def __init__(self, d_model: int, options: XLOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)
@@ -136,8 +94,10 @@ class TransformerXL(Mixer):
             raise LaminaError(f"xl: compress must be one of {', '.join(POOLS)}, got {options.compress!r}")
         self.heads = options.heads
         self.head_dim = d_model // options.heads
-        self.mem_len = options.mem_len
-        self.cmem_len = options.cmem_len
+        self.compressive = None  # the compressed memory, with cmem_len > 0
+        if options.cmem_len:
+            self.compressive = CompressiveMemory(options.cmem_len, options.cmem_rate, options.compress,
+                                                 options.same_length)
         self.q = nn.Linear(d_model, d_model, bias=False)
         self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
         self.r = nn.Linear(d_model, d_model, bias=False)  # W_R
@@ -145,26 +105,27 @@ class TransformerXL(Mixer):
         self.v = nn.Parameter(torch.zeros(self.heads, self.head_dim))
         self.out = nn.Linear(d_model, d_model, bias=False)
 
-    def init_state(self, batch: int, device=None, dtype=None) -> State:
-        """Memory and validity; with ``cmem_len``, then compressed memory and pending states, each with validity."""
+    @property
+    def compressed_len(self) -> int:
+        return self.options.cmem_len
+
+    def init_state(self, batch: int, device=None, dtype=None) -> XLState:
+        """Memory and validity; with ``cmem_len``, the compressed memory's state."""
         dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        slots = (self.mem_len, self.cmem_len, self.options.cmem_rate - 1) if self.cmem_len else (self.mem_len,)
-        state = ()
-        for n in slots:
-            state += (
-                torch.zeros(batch, n, self.d_model, device=device, dtype=dtype),
-                torch.zeros(batch, n, device=device, dtype=torch.bool),
-            )
-        return state
+        memory = torch.zeros(batch, self.mem_len, self.d_model, device=device, dtype=dtype)
+        valid = torch.zeros(batch, self.mem_len, device=device, dtype=torch.bool)
+        if self.compressive is None:
+            return XLState(memory, valid)
+        return XLState(memory, valid, self.compressive.init_state(batch, self.d_model, device, dtype))
 
     def state_size(self) -> int:
-        pending = self.options.cmem_rate - 1 if self.cmem_len else 0
-        return (self.mem_len + self.cmem_len + pending) * self.d_model
+        compressed = self.compressive.size(self.d_model) if self.compressive is not None else 0
+        return self.mem_len * self.d_model + compressed
 
-    def forward_parallel(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward_parallel(self, x: torch.Tensor, state: XLState) -> tuple[torch.Tensor, XLState]:
         B, T, _ = x.shape
         H, Dh = self.heads, self.head_dim
-        (memory,), valid_mem = kv_memory.fit(state[:1], state[1], self.mem_len)
+        (memory,), valid_mem = kv_memory.fit((state.memory,), state.valid, self.mem_len)
         M = memory.shape[1]
         L = M + T
         (hidden,), valid = kv_memory.extend((memory,), (x,), valid_mem)
@@ -179,11 +140,11 @@ class TransformerXL(Mixer):
         # under same_length every query sees itself and the M tokens before it: a window of M + 1
         mask = kv_memory.causal_mask(valid, T, M + 1 if self.options.same_length else None)
         bias = (position * scale).masked_fill(~mask, float("-inf"))
-        new_state = kv_memory.keep_last((memory, valid_mem), (hidden, valid))  # kept in fp32
-        if self.cmem_len:
-            ck, cv, cbias, compressed = self._compressed(q, hidden, valid, state[2:], M)
+        new_state = XLState(*kv_memory.keep_last((memory, valid_mem), (hidden, valid)))  # kept in fp32
+        if self.compressive is not None:
+            ck, cv, cbias, compressed = self._compressed(q, hidden, valid, state.compressed, M)
             k, v, bias = torch.cat([ck, k], 1), torch.cat([cv, v], 1), torch.cat([cbias * scale, bias], -1)
-            new_state += compressed
+            new_state = new_state._replace(compressed=compressed)
         qu = (q + self.u).transpose(1, 2)
         kt, vt = k.transpose(1, 2), v.transpose(1, 2)
         qu, bias = qu.to(kt.dtype), bias.to(kt.dtype)
@@ -198,45 +159,23 @@ class TransformerXL(Mixer):
         r = self.r(sinusoid(distances, self.d_model, self.r.weight.dtype)).view(-1, self.heads, self.head_dim)
         return (q + self.v).to(r.dtype), r
 
-    def _compressed(self, q: torch.Tensor, hidden: torch.Tensor, valid: torch.Tensor, state: State, M: int):
+    def _compressed(self, q: torch.Tensor, hidden: torch.Tensor, valid: torch.Tensor, state: CompressedState,
+                    M: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, CompressedState]:
         """Keys, values and unscaled position scores (-inf where unseen) of the compressed slots, and their new state.
 
         ``hidden``/``valid`` are ``[memory; x]``; its first ``T`` slots leave
-        the memory in this call, after the pending states. Under
-        ``same_length`` the groups they complete are read from the first query
-        after their last state left its window; otherwise from the next call.
+        the memory in this call (see :meth:`CompressiveMemory.advance`).
         """
         B, T = q.shape[:2]
-        rate, C = self.options.cmem_rate, self.cmem_len
-        cmem, cvalid, pending, pvalid = state
-        leaving = torch.cat([pending, hidden[:, :T].to(pending.dtype)], 1)
-        leaving_valid = torch.cat([pvalid, valid[:, :T]], 1)
-        (grouped,), complete, (pending,), pvalid = kv_memory.split_groups((leaving,), leaving_valid, rate)
-        groups = pool_groups(grouped, rate, self.options.compress)
-        (new_cmem,), new_cvalid = kv_memory.push((cmem,), cvalid, (groups,), complete)
-
-        # each query reads compressed slots newest first: the one of rank r at distance M + 1 + r (+ i, the
-        # query's place in the call, without same_length, where the call's earlier tokens come in between)
-        newer = cvalid.flip(1).cumsum(1).flip(1) - cvalid.long()  # valid carried slots newer than each slot
-        if self.options.same_length:
-            gone = F.pad(leaving_valid.cumsum(1), (1, 0))[:, rate - 1 : rate - 1 + T]  # states gone before query i
-            seen = (gone // rate)[:, :, None]  # this call's groups complete by query i
-            g = torch.arange(groups.shape[1], device=q.device)
-            compressed = torch.cat([cmem, groups.to(cmem.dtype)], 1)
-            rank = torch.cat([newer[:, None, :] + seen, seen - 1 - g], -1)
-            visible = torch.cat([cvalid[:, None, :].expand(B, T, C), g < seen], -1) & (rank < C)
-            offset, span = torch.zeros(T, dtype=torch.long, device=q.device), C
-        else:
-            compressed, rank, visible = cmem, newer[:, None, :].expand(B, T, C), cvalid[:, None, :].expand(B, T, C)
-            offset, span = torch.arange(T, device=q.device), T + C - 1
-        qv, r = self._position_terms(q, torch.arange(M + 1, M + 1 + span, device=q.device))
+        view, new_state = self.compressive.advance(hidden[:, :T], valid[:, :T], state)
+        qv, r = self._position_terms(q, torch.arange(M + 1, M + 1 + view.span, device=q.device))
         table = torch.einsum("bthd,nhd->bhtn", qv, r)  # by distance M + 1 + n
-        index = offset[:, None] + rank.clamp(0, C - 1)  # in range for unseen slots too: they are masked
+        index = view.offset[:, None] + view.rank.clamp(0, self.compressive.slots - 1)  # unseen slots: masked
         position = table.gather(-1, index[:, None].expand(B, self.heads, T, -1))
-        position = position.masked_fill(~visible[:, None], float("-inf"))
-        ck, cv = self.kv(compressed.to(hidden.dtype)).view(B, -1, 2, self.heads, self.head_dim).unbind(2)
-        return ck, cv, position, (new_cmem, new_cvalid, pending, pvalid)
+        position = position.masked_fill(~view.visible[:, None], float("-inf"))
+        ck, cv = self.kv(view.slots.to(hidden.dtype)).view(B, -1, 2, self.heads, self.head_dim).unbind(2)
+        return ck, cv, position, new_state
 
-    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def step(self, x: torch.Tensor, state: XLState) -> tuple[torch.Tensor, XLState]:
         y, state = self.forward_parallel(x[:, None], state)
         return y[:, 0], state

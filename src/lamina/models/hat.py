@@ -43,9 +43,9 @@ first byte of a word is predicted one backbone step earlier, as described
 above: the paper's split is given by the text before the model runs, while
 here the boundary after a word is only known when the next byte is read.
 
-State: ``[(previous byte, word length so far, e at the last byte read,
-newest h), encoder states, backbone states, decoder states]``, the first
-two ``long``, the vectors in the parameters' dtype (fp32 under autocast). All zeros is the stream start, and a word
+State (:class:`HATState`): the previous byte, the word length so far, ``e``
+at the last byte read, the newest ``h``, and the encoder, backbone and
+decoder layer states; the first two ``long``, the vectors in the parameters' dtype (fp32 under autocast). All zeros is the stream start, and a word
 cut by a chunk boundary continues in the next call exactly, so one call,
 any carried chunks and byte-by-byte generation compute the same function.
 Padding and document-reset masks are not taken: documents are separated by
@@ -55,14 +55,26 @@ of its own).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 from lamina.config import ModelConfig
 from lamina.data.tokenizers import require_bytes
 from lamina.data.words import word_starts
-from lamina.mixers import Mixer
+from lamina.mixers import KVMemoryMixer
 from lamina.models.lm import SequenceModel, Stack, init_linear, init_residual, memory_layers
+
+
+class HATState(NamedTuple):
+    prev: torch.Tensor  # [B] long: the previous byte
+    length: torch.Tensor  # [B] long: the current word's length (0: stream start)
+    last_e: torch.Tensor  # [B, d_byte]: the encoder output at the last byte read
+    newest_h: torch.Tensor  # [B, d_model]: the newest backbone output
+    encoder: list  # layer states of the three stacks
+    backbone: list
+    decoder: list
 
 
 class HAT(SequenceModel):
@@ -84,28 +96,29 @@ class HAT(SequenceModel):
         self.down = nn.Linear(hat.d_byte, config.d_model, bias=False)  # word vector
         self.up = nn.Linear(config.d_model, hat.d_byte, bias=False)  # backbone output into the decoder
         self.head = self.output_head(config, hat.d_byte, vocab_size)
+        self.segment_memory = None
         init_linear(self)
         for stack in (self.encoder, self.backbone, self.decoder):
             init_residual(stack.blocks)
 
     # --- state API ----------------------------------------------------------------
-    def init_state(self, batch: int, device=None, dtype=None) -> list:
+    def init_state(self, batch: int, device=None, dtype=None) -> HATState:
         hat, vectors = self.config.hat, dtype or self.embed.weight.dtype
-        words = (
-            torch.zeros(batch, dtype=torch.long, device=device),  # previous byte
-            torch.zeros(batch, dtype=torch.long, device=device),  # length of the current word (0: stream start)
-            torch.zeros(batch, hat.d_byte, device=device, dtype=vectors),  # encoder output at the last byte read
-            torch.zeros(batch, self.config.d_model, device=device, dtype=vectors),  # newest backbone output
-        )
         stacks = (self.encoder, self.backbone, self.decoder)
-        return [words, *(s.init_state(batch, device, vectors) for s in stacks)]
+        return HATState(
+            torch.zeros(batch, dtype=torch.long, device=device),
+            torch.zeros(batch, dtype=torch.long, device=device),
+            torch.zeros(batch, hat.d_byte, device=device, dtype=vectors),
+            torch.zeros(batch, self.config.d_model, device=device, dtype=vectors),
+            *(s.init_state(batch, device, vectors) for s in stacks),
+        )
 
     def state_size(self) -> int:
         """Floats carried per sequence: the three stacks' states, two vectors and two integers."""
         stacks = self.encoder.state_size() + self.backbone.state_size() + self.decoder.state_size()
         return stacks + self.config.hat.d_byte + self.config.d_model + 2
 
-    def memory_layers(self) -> list[Mixer]:
+    def memory_layers(self) -> list[KVMemoryMixer]:
         """The attention layers of the encoder, backbone and decoder (the backbone's count words, not bytes)."""
         return [m for s in (self.encoder, self.backbone, self.decoder) for m in memory_layers(s.blocks)]
 
@@ -113,28 +126,29 @@ class HAT(SequenceModel):
     def forward(
         self,
         ids: torch.Tensor,
-        state: list | None = None,
+        state: HATState | None = None,
         *,
         valid: torch.Tensor | None = None,
         resets: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, list]:
+    ) -> tuple[torch.Tensor, HATState]:
         """``ids [B, T]`` (byte tokenizer ids) -> ``(next-byte logits [B, T, 257], new state)``."""
         self.refuse_masks(valid, resets, "a HAT model", "its words are cut from the byte stream itself; "
                           "separate documents with the tokenizer's eos id instead")
         if state is None:
             state = self.init_state(ids.shape[0], ids.device)
-        (prev, length, last_e, newest_h), enc_state, backbone_state, dec_state = state
+        prev, length, last_e, newest_h = state.prev, state.length, state.last_e, state.newest_h
         if ids.shape[1] == 0:
             return self._logits(self.embed(ids)), state
         starts, prev, new_length = word_starts(ids, prev, length, self.max_word_len)
-        e, enc_state = self.encoder(self.embed_dropout(self.embed(ids)), enc_state)
+        e, enc_state = self.encoder(self.embed_dropout(self.embed(ids)), state.encoder)
         ended = starts.clone()  # a word ends just before every start but the stream's first
         ended[:, 0] &= length > 0
         before = torch.cat([last_e.to(e.dtype)[:, None], e[:, :-1]], dim=1)  # e at the byte before each
-        context, newest_h, backbone_state = self._words(before, ended, newest_h, backbone_state)
-        d, dec_state = self.decoder(e + self.up(context), dec_state)
-        words = (prev, new_length, e[:, -1].to(last_e.dtype), newest_h.to(last_e.dtype))
-        return self._logits(d), [words, enc_state, backbone_state, dec_state]
+        context, newest_h, backbone_state = self._words(before, ended, newest_h, state.backbone)
+        d, dec_state = self.decoder(e + self.up(context), state.decoder)
+        new_state = HATState(prev, new_length, e[:, -1].to(last_e.dtype), newest_h.to(last_e.dtype),
+                             enc_state, backbone_state, dec_state)
+        return self._logits(d), new_state
 
     def _words(
         self, before: torch.Tensor, ended: torch.Tensor, newest_h: torch.Tensor, state: list

@@ -40,7 +40,7 @@ directly; with vanilla attention (``mem_len`` 0, the paper's backbone) only
 the memory links segments. The summary pass starts from the empty layer state
 and leaves the carried states alone.
 
-The state is ``(cache [B, N, d], cache validity [B, N], P [B, 1, d], recent
+The state (:class:`HMTState`) is ``(cache [B, N, d], cache validity [B, N], P [B, 1, d], recent
 ids [B, max(k, j)], filled [B], started [B])``: the cache and the recalled
 ``P`` of the current segment in fp32, the token ids of the last ``max(k, j)``
 tokens read (the sensory and summary windows; ids are embedded when read, as
@@ -63,16 +63,26 @@ every linear layer): ``2 d^2 + 2 d``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lamina.config import HMTConfig
 from lamina.errors import LaminaError
-from lamina.mixers import kv_memory
 from lamina.models.segments import SegmentMemory
+from lamina.ops import kv_memory
 
-HMTState = tuple[torch.Tensor, ...]
+
+
+class HMTState(NamedTuple):
+    cache: torch.Tensor  # the last N memory embeddings [B, N, d], fp32
+    cache_valid: torch.Tensor  # [B, N] bool, newest last
+    recalled: torch.Tensor  # P of the current segment [B, 1, d], fp32
+    recent: torch.Tensor  # the last max(k, j) token ids [B, max(k, j)]
+    filled: torch.Tensor  # [B] long: tokens of the current segment read
+    started: torch.Tensor  # [B] bool: a segment has completed
 
 
 class HierarchicalMemory(SegmentMemory):
@@ -113,7 +123,7 @@ class HierarchicalMemory(SegmentMemory):
 
     def init_state(self, batch: int, device=None) -> HMTState:
         floats = dict(device=device, dtype=torch.float32)
-        return (
+        return HMTState(
             torch.zeros(batch, self.cache, self.d_model, **floats),
             torch.zeros(batch, self.cache, device=device, dtype=torch.bool),
             torch.zeros(batch, 1, self.d_model, **floats),
@@ -132,15 +142,15 @@ class HierarchicalMemory(SegmentMemory):
 
     def current(self, state: HMTState) -> torch.Tensor:
         """``P`` of the current segment, ``[B, 1, d]``: recalled, or the learned initial one."""
-        recalled, started = state[2], state[-1]
-        return torch.where(started[:, None, None], recalled, self.initial.to(recalled.dtype))
+        recalled = state.recalled
+        return torch.where(state.started[:, None, None], recalled, self.initial.to(recalled.dtype))
 
     def read(self, state: HMTState, model) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``[P ; sensory]``; rows with no previous segment read ``P`` alone (padding where others have one)."""
-        p, started = self.current(state), state[-1]
+        p, started = self.current(state), state.started
         if not self.sensory or not started.any():
             return p, None
-        sensory = model.embed_tokens(state[3][:, -self.sensory :]).to(p.dtype)
+        sensory = model.embed_tokens(state.recent[:, -self.sensory :]).to(p.dtype)
         if started.all():
             return torch.cat([p, sensory], dim=1), None
         valid = torch.cat([torch.ones_like(started)[:, None], started[:, None].expand(-1, self.sensory)], dim=1)
@@ -150,14 +160,14 @@ class HierarchicalMemory(SegmentMemory):
         return self.current(state)
 
     def advance(self, state: HMTState, ids: torch.Tensor, written: torch.Tensor | None, model) -> HMTState:
-        cache, cache_valid, recalled, recent = state[:4]
-        recent = torch.cat([recent, ids], dim=1)[:, -self.recent :]
+        cache, cache_valid, recalled = state.cache, state.cache_valid, state.recalled
+        recent = torch.cat([state.recent, ids], dim=1)[:, -self.recent :]
         counters = self.counters(state, ids.shape[1], written is not None)
         if written is not None:  # a segment completed: cache its memory embedding, recall the next segment's P
             joined, joined_valid = kv_memory.extend((cache,), (written[:, -1:].float(),), cache_valid)
             cache, cache_valid = kv_memory.keep_last((cache, cache_valid), (*joined, joined_valid))
             recalled = self.recall(self.summarise(recent[:, -self.summary_len :], model), cache, cache_valid)
-        return (cache, cache_valid, recalled, recent, *counters)
+        return HMTState(cache, cache_valid, recalled, recent, *counters)
 
     def summarise(self, ids: torch.Tensor, model) -> torch.Tensor:
         """``S [B, d]``: the final hidden state at the last position of ``[T ; ids ; T]``, from the empty state."""

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import abc
 import math
-from contextlib import contextmanager
-from typing import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from torch import nn
 
 from lamina.config import ModelConfig
 from lamina.errors import LaminaError
-from lamina.mixers import Mixer, kv_memory, mixer_class
+from lamina.mixers import KVMemoryMixer, Mixer, mixer_class
 from lamina.models.hmt import HierarchicalMemory
 from lamina.models.memory_tokens import MemoryTokens
 from lamina.models.segments import SegmentMemory
@@ -117,34 +117,25 @@ def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, state: list, masks: dict)
     return x, new_state
 
 
-def memory_layers(blocks: nn.ModuleList) -> list[Mixer]:
-    """The layers whose state is a memory of ``mem_len`` past tokens (attention)."""
-    return [b.mixer for b in blocks if getattr(b.mixer, "mem_len", None) is not None]
+def memory_layers(blocks: nn.ModuleList) -> list[KVMemoryMixer]:
+    """The layers whose state is a memory of ``mem_len`` past positions (attention)."""
+    return [b.mixer for b in blocks if isinstance(b.mixer, KVMemoryMixer)]
 
 
 @contextmanager
-def memory_lengths(layers: list[Mixer], mem_len: int | None = None, extra: int = 0) -> Iterator[None]:
-    """Inside this block, memory ``layers`` keep ``mem_len`` tokens (or their own plus ``extra``)."""
-    saved = [(m.mem_len, getattr(m, "mem_widened_by", 0)) for m in layers]
-    for m, (own, _) in zip(layers, saved):
-        m.mem_len = (own if mem_len is None else mem_len) + extra
-        m.mem_widened_by = extra  # what a segment memory cuts back at each segment start (see forget_widening)
-    try:
+def memory_lengths(layers: list[KVMemoryMixer], mem_len: int | None = None, extra: int = 0) -> Iterator[None]:
+    """Inside this block, memory ``layers`` keep ``mem_len`` positions (or their own) plus ``extra``."""
+    with ExitStack() as stack:
+        for layer in layers:
+            stack.enter_context(layer.memory_length(mem_len, extra))
         yield
-    finally:
-        for m, (own, widened) in zip(layers, saved):
-            m.mem_len, m.mem_widened_by = own, widened
 
 
 def forget_widening(blocks: nn.ModuleList, states: list) -> list:
     """The layer states at a segment's start, each memory layer widened by :func:`memory_lengths`' ``extra``
     cut back to its own memory: decoding a segment model token by token then shows every position of a
     segment exactly what the segment-by-segment call shows it (the widening only holds the segment's own run)."""
-    return [
-        kv_memory.keep_newest(s, b.mixer.memory_valid, b.mixer.mem_len - b.mixer.mem_widened_by)
-        if getattr(b.mixer, "mem_widened_by", 0) else s
-        for b, s in zip(blocks, states)
-    ]
+    return [b.mixer.trim_state(s) if isinstance(b.mixer, KVMemoryMixer) else s for b, s in zip(blocks, states)]
 
 
 class Stack(nn.Module):
@@ -186,6 +177,13 @@ def segment_memory(config: ModelConfig, d_model: int) -> SegmentMemory | None:
     return None
 
 
+class SegmentLMState(NamedTuple):
+    """The state of an :class:`LM` with a segment memory."""
+
+    memory: tuple  # the segment memory's state (:mod:`lamina.models.segments`)
+    layers: list  # one state per layer
+
+
 class SequenceModel(nn.Module, abc.ABC):
     """What every lamina model offers beside ``forward(ids, state) -> (logits, state)`` and its state methods.
 
@@ -194,8 +192,10 @@ class SequenceModel(nn.Module, abc.ABC):
     :meth:`memory` without knowing the model's structure.
     """
 
+    segment_memory: SegmentMemory | None  # a model-level memory read and written around segments (None: none)
+
     @abc.abstractmethod
-    def memory_layers(self) -> list[Mixer]:
+    def memory_layers(self) -> list[KVMemoryMixer]:
         """The layers whose state is a memory of ``mem_len`` past positions (attention)."""
 
     def memory(self, mem_len: int | None = None, extra: int = 0):
@@ -235,7 +235,7 @@ class LM(SequenceModel):
     :mod:`lamina.models.memory_tokens`) or a Hierarchical Memory Transformer
     (``config.hmt``, see :mod:`lamina.models.hmt`): the ids are read in
     segments, each run as ``[read; tokens; write]`` through the same blocks,
-    and the state is ``[memory state, layer states]``. A call may hold any
+    and the state is a :class:`SegmentLMState`. A call may hold any
     number of tokens: pieces of a segment accumulate in the layers' states
     until it completes, then the write embeddings run.
     """
@@ -260,7 +260,7 @@ class LM(SequenceModel):
         layers = self._layer_states(batch, device, dtype)
         if self.segment_memory is None:
             return layers
-        return [self.segment_memory.init_state(batch, device), layers]
+        return SegmentLMState(self.segment_memory.init_state(batch, device), layers)
 
     def _layer_states(self, batch: int, device=None, dtype=None) -> list:
         return [block.mixer.init_state(batch, device, dtype) for block in self.blocks]
@@ -270,7 +270,7 @@ class LM(SequenceModel):
         size = sum(block.mixer.state_size() for block in self.blocks)
         return size + (self.segment_memory.state_size() if self.segment_memory is not None else 0)
 
-    def memory_layers(self) -> list[Mixer]:
+    def memory_layers(self) -> list[KVMemoryMixer]:
         return memory_layers(self.blocks)
 
     # --- forward ------------------------------------------------------------------
@@ -310,9 +310,11 @@ class LM(SequenceModel):
         h, _ = self._run_blocks(x, self._layer_states(x.shape[0], x.device), {})
         return self.norm(h)
 
-    def _forward_segments(self, ids: torch.Tensor, x: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
+    def _forward_segments(
+        self, ids: torch.Tensor, x: torch.Tensor, state: SegmentLMState
+    ) -> tuple[torch.Tensor, SegmentLMState]:
         """Token embeddings ``x`` read segment by segment between the segment memory's read and write embeddings."""
-        memory_state, layer_states = state
+        memory_state, layer_states = state.memory, state.layers
         mem = self.segment_memory
         logits = []
         for start, stop, read, write in mem.plan(mem.position(memory_state), x.shape[1]):
@@ -333,7 +335,7 @@ class LM(SequenceModel):
             memory_state = mem.advance(memory_state, ids[:, start:stop], written, self)
         if not logits:  # no tokens
             logits.append(self._logits(x))
-        return torch.cat(logits, dim=1), [memory_state, layer_states]
+        return torch.cat(logits, dim=1), SegmentLMState(memory_state, layer_states)
 
     def describe(self) -> str:
         """Architecture, parameter count and state size, for printing."""

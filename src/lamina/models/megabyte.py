@@ -34,15 +34,17 @@ A local attention layer's memory is set to ``P - 1`` bytes: a patch is its
 whole context and a patch split across calls must still see all of it.
 
 Streaming. A call may hold any number of bytes, and patch boundaries need not
-fall on call boundaries: the state is ``[global layer states, local layer
-states, (bytes read [B], bytes of the unfinished patch [B, P], g of the current
-patch [B, P, D])]``. The global model steps once per patch, when the last byte
+fall on call boundaries: the state (:class:`MegabyteState`) is the global
+and the local layer states, bytes read ``[B]``, the bytes of the unfinished
+patch ``[B, P]`` and ``g`` of the current patch ``[B, P, D]``. The global model steps once per patch, when the last byte
 of the patch before it is read; the local layers' states carry the unfinished
 patch and are emptied at each patch start. One call, any split into calls and
 token-by-token reading compute the same function.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +53,16 @@ from torch import nn
 from lamina.config import MegabyteConfig, ModelConfig
 from lamina.data.tokenizers import require_bytes
 from lamina.errors import LaminaError
-from lamina.mixers import Mixer
+from lamina.mixers import KVMemoryMixer
 from lamina.models.lm import SequenceModel, Stack, init_linear, init_residual, memory_layers
+
+
+class MegabyteState(NamedTuple):
+    global_layers: list  # the global model's layer states
+    local_layers: list  # the local model's layer states (the unfinished patch)
+    read: torch.Tensor  # [B] long: bytes read
+    partial: torch.Tensor  # [B, P] long: the bytes of the unfinished patch
+    current: torch.Tensor  # [B, P, D]: g of the current patch
 
 
 class Megabyte(SequenceModel):
@@ -73,7 +83,7 @@ class Megabyte(SequenceModel):
         self.global_model = Stack(config.layers, config, d, "model.layers", config.mlp_hidden)
         self.local_model = Stack(mb.local_layers, config, D, "model.megabyte.local_layers", mixers=mb.local_mixers)
         for mixer in memory_layers(self.local_model.blocks):
-            mixer.mem_len = P - 1  # the whole patch, whatever the split into calls
+            mixer.set_memory_length(P - 1)  # the whole patch, whatever the split into calls
         self.global_embed = nn.Embedding(vocab_size, D)
         self.global_pad = nn.Parameter(torch.empty(P, D))
         self.global_in = nn.Linear(P * D, d, bias=False)
@@ -82,6 +92,7 @@ class Megabyte(SequenceModel):
         self.local_pad = nn.Parameter(torch.empty(D))
         self.head = self.output_head(config, D, vocab_size)
         self.dropout = nn.Dropout(config.dropout)
+        self.segment_memory = None
         init_linear(self)
         for pad in (self.global_pad, self.local_pad):
             nn.init.normal_(pad, mean=0.0, std=0.02)  # like the byte embeddings they stand in for
@@ -89,22 +100,22 @@ class Megabyte(SequenceModel):
         init_residual(self.local_model.blocks)
 
     # --- state API ----------------------------------------------------------------
-    def init_state(self, batch: int, device=None, dtype=None) -> list:
+    def init_state(self, batch: int, device=None, dtype=None) -> MegabyteState:
         P, D = self.patch, self.local_pad.shape[0]
-        progress = (
+        return MegabyteState(
+            self.global_model.init_state(batch, device, dtype),
+            self.local_model.init_state(batch, device, dtype),
             torch.zeros(batch, device=device, dtype=torch.long),
             torch.zeros(batch, P, device=device, dtype=torch.long),
             torch.zeros(batch, P, D, device=device, dtype=dtype or torch.float32),
         )
-        return [self.global_model.init_state(batch, device, dtype), self.local_model.init_state(batch, device, dtype),
-                progress]
 
     def state_size(self) -> int:
         """Floats carried per sequence: both models' layer states and the current patch's ``P·D`` local vectors."""
         own = self.patch * self.local_pad.shape[0]
         return self.global_model.state_size() + self.local_model.state_size() + own
 
-    def memory_layers(self) -> list[Mixer]:
+    def memory_layers(self) -> list[KVMemoryMixer]:
         """The global model's memory layers (the local ones always keep their patch)."""
         return memory_layers(self.global_model.blocks)
 
@@ -112,18 +123,19 @@ class Megabyte(SequenceModel):
     def forward(
         self,
         ids: torch.Tensor,
-        state: list | None = None,
+        state: MegabyteState | None = None,
         *,
         valid: torch.Tensor | None = None,
         resets: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, list]:
+    ) -> tuple[torch.Tensor, MegabyteState]:
         """``ids [B, T]`` -> ``(logits [B, T, V], new state)``: logits at ``t`` predict byte ``t + 1``."""
         self.refuse_masks(valid, resets, "a MEGABYTE model",
                           "its patches are counted from the stream start; use model.megabyte=null")
         B, T = ids.shape
         if state is None:
             state = self.init_state(B, ids.device)
-        global_states, local_states, (read, partial, current) = state
+        global_states, local_states = state.global_layers, state.local_layers
+        read, partial, current = state.read, state.partial, state.current
         if T == 0:
             return self._logits(current[:, :0]), state
         n, P = int(read[0]), self.patch
@@ -157,8 +169,7 @@ class Megabyte(SequenceModel):
         logits = self._logits(h)
         if n == 0:
             logits = logits[:, 1:]
-        progress = (read + T, partial, g[:, -1].to(current.dtype))
-        return logits, [global_states, local_states, progress]
+        return logits, MegabyteState(global_states, local_states, read + T, partial, g[:, -1].to(current.dtype))
 
     def _run_local(self, x: torch.Tensor, offset: int, states: list) -> tuple[torch.Tensor, list]:
         """Final-normed local model over ``x [B, S, D]`` from ``offset`` in a patch; the unfinished patch's state.

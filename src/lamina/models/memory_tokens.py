@@ -8,7 +8,8 @@ ends). Attention is causal, so the write positions see the whole segment; the
 model's final hidden states there (after the final RMSNorm, the vectors the
 output head reads) become the next segment's memory.
 
-The state this module keeps is ``(memory [B, m, d], filled [B], started [B])``:
+The state this module keeps is ``(memory [B, m, d], filled [B], started [B])``
+(:class:`MemoryTokensState`):
 the current segment's memory in fp32, how many tokens of the current segment
 have been read, and whether the memory has been written at least once (before
 that, the learned initial memory is used, so the all-zeros state is the empty
@@ -22,13 +23,20 @@ token embedding.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 from lamina.errors import LaminaError
 from lamina.models.segments import SegmentMemory
 
-MemoryState = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class MemoryTokensState(NamedTuple):
+    memory: torch.Tensor  # the current segment's memory [B, m, d], fp32
+    filled: torch.Tensor  # [B] long: tokens of the current segment read
+    started: torch.Tensor  # [B] bool: the memory has been written at least once
 
 
 class MemoryTokens(SegmentMemory):
@@ -53,8 +61,8 @@ class MemoryTokens(SegmentMemory):
     def reset_parameters(self) -> None:
         nn.init.normal_(self.initial, mean=0.0, std=0.02)
 
-    def init_state(self, batch: int, device=None) -> MemoryState:
-        return (
+    def init_state(self, batch: int, device=None) -> MemoryTokensState:
+        return MemoryTokensState(
             torch.zeros(batch, self.tokens, self.d_model, device=device, dtype=torch.float32),
             torch.zeros(batch, device=device, dtype=torch.long),
             torch.zeros(batch, device=device, dtype=torch.bool),
@@ -68,20 +76,20 @@ class MemoryTokens(SegmentMemory):
     def extra_positions(self) -> int:
         return 2 * self.tokens
 
-    def current(self, state: MemoryState) -> torch.Tensor:
+    def current(self, state: MemoryTokensState) -> torch.Tensor:
         """The memory of the current segment, ``[B, m, d]``: written, or the learned initial one."""
-        memory, _, started = state
-        return torch.where(started[:, None, None], memory, self.initial.to(memory.dtype))
+        memory = state.memory
+        return torch.where(state.started[:, None, None], memory, self.initial.to(memory.dtype))
 
-    def read(self, state: MemoryState, model) -> tuple[torch.Tensor, None]:
+    def read(self, state: MemoryTokensState, model) -> tuple[torch.Tensor, None]:
         return self.current(state), None
 
-    def write(self, state: MemoryState) -> torch.Tensor:
+    def write(self, state: MemoryTokensState) -> torch.Tensor:
         return self.current(state)
 
-    def advance(self, state: MemoryState, ids: torch.Tensor, written: torch.Tensor | None, model) -> MemoryState:
-        memory = state[0] if written is None else written.float()
-        return (memory, *self.counters(state, ids.shape[1], written is not None))
+    def advance(self, state: MemoryTokensState, ids: torch.Tensor, written: torch.Tensor | None, model) -> MemoryTokensState:
+        memory = state.memory if written is None else written.float()
+        return MemoryTokensState(memory, *self.counters(state, ids.shape[1], written is not None))
 
     def describe(self) -> str:
         return f"memory tokens {self.tokens} (RMT), read and written every {self.segment_len} tokens"

@@ -9,8 +9,8 @@ makes the next segment's read and write embeddings from them.
 
 A call may hold any number of tokens: :meth:`SegmentMemory.plan` cuts it at
 segment ends, and pieces of a segment accumulate in the layers' states until
-it completes. The memory's state is a tuple of tensors whose last two entries
-are ``(filled [B], started [B])``: tokens of the current segment read so far
+it completes. The memory's state is a named tuple of tensors with the fields
+``filled [B]`` and ``started [B]``: tokens of the current segment read so far
 (all rows share one segment position: the streams are read in step) and
 whether a segment has completed, so the all-zeros state is the empty one.
 """
@@ -22,7 +22,7 @@ import abc
 import torch
 from torch import nn
 
-State = tuple[torch.Tensor, ...]
+State = tuple  # a NamedTuple with ``filled`` and ``started`` fields
 
 
 class SegmentMemory(nn.Module, abc.ABC):
@@ -37,7 +37,7 @@ class SegmentMemory(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def init_state(self, batch: int, device=None) -> State:
-        """The empty state (all zeros), ending in ``(filled, started)``."""
+        """The empty state (all zeros), with ``filled`` and ``started``."""
 
     @abc.abstractmethod
     def state_size(self) -> int:
@@ -74,8 +74,7 @@ class SegmentMemory(nn.Module, abc.ABC):
     @staticmethod
     def position(state: State) -> int:
         """Tokens of the current segment read so far (shared by every row)."""
-        filled = state[-2]
-        return int(filled[0]) if filled.numel() else 0
+        return int(state.filled[0]) if state.filled.numel() else 0
 
     def plan(self, position: int, length: int) -> list[tuple[int, int, bool, bool]]:
         """Cut ``length`` new tokens, starting ``position`` tokens into a segment, at segment ends.
@@ -95,7 +94,7 @@ class SegmentMemory(nn.Module, abc.ABC):
     @staticmethod
     def counters(state: State, n: int, completed: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``(filled, started)`` after ``n`` more tokens, ``completed`` when they end a segment."""
-        filled, started = state[-2:]
+        filled, started = state.filled, state.started
         if completed:
             return torch.zeros_like(filled), torch.ones_like(started)
         return filled + n, started

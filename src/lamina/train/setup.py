@@ -16,6 +16,8 @@ import torch
 
 from lamina.config import Config
 from lamina.data import RandomWindows, StreamBatcher, build_tokenizer, encode_split, load_corpus, metric_unit, tokenizer_from_dict
+from lamina.errors import LaminaError
+from lamina.mixers.state import flatten_state, restore_state
 from lamina.models import build_model
 from lamina.train.budget import check_fits, config_vocab_size
 from lamina.train.checkpoint import Checkpoint, save_checkpoint
@@ -76,7 +78,7 @@ def setup(cfg: Config, ckpt: Checkpoint | None, run_dir: Path, device: torch.dev
         stepper.load_state_dict(trainer_state)
         _set_rng_state(trainer_state["rng"])
         run.step = trainer_state["step"]
-        run.state = _to_device(trainer_state["stream_state"], device)
+        run.state = _saved_stream_state(trainer_state["stream_state"], model.init_state(t.batch_size, device), ckpt.path)
         log(f"resumed {ckpt.path} at step {run.step}")
     log(model.describe())
     k = t.bptt_segments
@@ -93,7 +95,7 @@ def save(run: TrainRun) -> Path:
         "rng": _rng_state(),
         "step": run.step,
         "data_position": run.position(run.step * t.bptt_segments),
-        "stream_state": _to_device(run.state, torch.device("cpu")),
+        "stream_state": {name: v.cpu() for name, v in flatten_state(run.state).items()},  # by name, no classes
     }
     return save_checkpoint(run.run_dir, run.step, run.cfg, run.tokenizer.to_dict(), run.model.state_dict(),
                            trainer_state, t.keep_checkpoints)
@@ -113,9 +115,15 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _to_device(state, device: torch.device):
-    if state is None:
+def _saved_stream_state(saved, template, ckpt):
+    """The carried state saved by name in a checkpoint, shaped like ``template`` (None: the streams start empty).
+
+    A state saved by another layout (an older lamina, another config) is a LaminaError naming what differs.
+    """
+    if not saved:
         return None
-    if isinstance(state, torch.Tensor):
-        return state.to(device)
-    return type(state)(_to_device(s, device) for s in state)
+    try:
+        return restore_state(saved, template)
+    except LaminaError as err:
+        raise LaminaError(f"checkpoint {ckpt} cannot resume its carried state: {err}; "
+                          "evaluate or generate from it, or train again") from None

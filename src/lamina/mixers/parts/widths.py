@@ -1,4 +1,4 @@
-"""Small helpers shared by several mixers (a helper module, not a mixer)."""
+"""Small helpers shared by several mixers: widths derived from options."""
 
 from __future__ import annotations
 
