@@ -5,17 +5,22 @@ Each mixer offers some of three forms that compute the same function:
 ``chunk`` (chunkwise parallel: training and prefill) and ``parallel`` (fully
 parallel where it exists). Mixers never choose for themselves; they ask
 :func:`choose_form`. Tests and benchmarks pin a form with :func:`use_form`.
+
+The pin is a plain module attribute rather than a ``ContextVar``: ``torch.compile``
+(Dynamo) cannot trace ``ContextVar.get`` and would break a compiled model's graph
+at every layer, while it reads a module attribute as a constant of the traced
+graph and guards on it (a compiled model recompiles when the pin changes). The
+pin is therefore process-wide, not per thread: set it around whole calls.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Iterator
 
 FORMS = ("recurrent", "chunk", "parallel")
 
-_forced: ContextVar[str | None] = ContextVar("lamina_forced_form", default=None)
+_pinned: str | None = None  # the form use_form pins, None: the default policy
 
 
 @contextmanager
@@ -23,11 +28,12 @@ def use_form(form: str) -> Iterator[None]:
     """Run every mixer in ``form`` (where it offers it) inside this block."""
     if form not in FORMS:
         raise ValueError(f"unknown form {form!r}; forms are {', '.join(FORMS)}")
-    token = _forced.set(form)
+    global _pinned
+    saved, _pinned = _pinned, form
     try:
         yield
     finally:
-        _forced.reset(token)
+        _pinned = saved
 
 
 def choose_form(offered: tuple[str, ...], seq_len: int) -> str:
@@ -37,9 +43,8 @@ def choose_form(offered: tuple[str, ...], seq_len: int) -> str:
     the fastest form offered (parallel, then chunk). A form pinned by
     :func:`use_form` wins wherever the mixer offers it.
     """
-    forced = _forced.get()
-    if forced is not None and forced in offered:
-        return forced
+    if _pinned is not None and _pinned in offered:
+        return _pinned
     if seq_len == 1 and "recurrent" in offered:
         return "recurrent"
     for form in ("parallel", "chunk", "recurrent"):
