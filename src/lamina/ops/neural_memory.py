@@ -151,7 +151,9 @@ def neural_memory_chunk(q, k, v, theta, log_eta, log_keep, *, chunk_size=1, init
         return q.new_zeros(B, 0, H, V), ((M, S, anchor) if output_final_state else None)
     L = chunk_size
     pos = _offsets(offset, q)
-    lead = int(pos.max())  # the most any sequence is shifted right
+    # the most any sequence is shifted right; torch.compile cannot read it back to the host without breaking the
+    # graph, so a compiled call takes the bound L - 1 (its extra chunk holds only identity steps)
+    lead = L - 1 if torch.compiler.is_compiling() else int(pos.max())
     n = -(-(T + lead) // L)
     Tp = n * L
     # slot j of the aligned buffer holds token j - pos_b of sequence b (else the identity step)

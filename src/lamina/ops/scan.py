@@ -99,14 +99,25 @@ def _loop(x: torch.Tensor, decay: torch.Tensor, h0: torch.Tensor | None, reverse
     xs, ds, hs = x.unbind(1), decay.unbind(1), h.unbind(1)
     T = x.shape[1]
     if reverse:
-        prev = hs[-1].copy_(xs[-1]) if h0 is None else torch.add(xs[-1], h0, out=hs[-1])
+        prev = hs[-1].copy_(xs[-1]) if h0 is None else hs[-1].copy_(xs[-1]).add_(h0)
         for t in range(T - 2, -1, -1):
-            prev = torch.addcmul(xs[t], ds[t + 1], prev, out=hs[t])
+            prev = _addcmul_into(hs[t], xs[t], ds[t + 1], prev)
     else:
-        prev = hs[0].copy_(xs[0]) if h0 is None else torch.addcmul(xs[0], ds[0], h0, out=hs[0])
+        prev = hs[0].copy_(xs[0]) if h0 is None else _addcmul_into(hs[0], xs[0], ds[0], h0)
         for t in range(1, T):
-            prev = torch.addcmul(xs[t], ds[t], prev, out=hs[t])
+            prev = _addcmul_into(hs[t], xs[t], ds[t], prev)
     return h
+
+
+def _addcmul_into(out: torch.Tensor, x: torch.Tensor, d: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``out = x + d * h`` written into the view ``out`` (of the scan's output), which it returns.
+
+    Eagerly it is one ``out=`` call; ``torch.compile`` cannot trace an ``out=`` into a view (Dynamo breaks
+    the graph there), so a compiled scan computes the value and copies it in, which it fuses.
+    """
+    if torch.compiler.is_compiling():
+        return out.copy_(torch.addcmul(x, d, h))
+    return torch.addcmul(x, d, h, out=out)
 
 
 def _chunks(x: torch.Tensor, decay: torch.Tensor, h0: torch.Tensor | None, chunk_size: int) -> torch.Tensor:
@@ -121,7 +132,7 @@ def _chunks(x: torch.Tensor, decay: torch.Tensor, h0: torch.Tensor | None, chunk
     local = torch.empty_like(xc)  # the scan inside each chunk, from a zero state
     local[:, :, 0] = xc[:, :, 0]
     for t in range(1, L):
-        torch.addcmul(xc[:, :, t], dc[:, :, t], local[:, :, t - 1], out=local[:, :, t])
+        _addcmul_into(local[:, :, t], xc[:, :, t], dc[:, :, t], local[:, :, t - 1])
     # decay from each chunk's start: a product of factors <= 1 (it may underflow to 0, never overflow)
     since_start = torch.cumprod(dc, dim=2)
     start = x.new_zeros(B, 1, C) if h0 is None else h0.unsqueeze(1)
