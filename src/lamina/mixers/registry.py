@@ -11,6 +11,7 @@ import dataclasses
 from lamina.config import Bounds, declare_bounds
 from lamina.errors import LaminaError
 from lamina.mixers.base import Mixer
+from lamina.mixers.forms import FORMS
 
 # The bounds of options by name, the same for every mixer that has the option: :func:`register` declares
 # them on the mixer's ``Options``, so that ``from_dict`` refuses ``heads: 0``, ``mem_len: -1`` or a NaN with
@@ -62,6 +63,7 @@ def register(name: str):
     def wrap(cls: type[Mixer]) -> type[Mixer]:
         if not dataclasses.is_dataclass(cls.Options):
             raise TypeError(f"mixer {name} must define an Options dataclass")
+        check_forms(name, cls)
         options = {f.name for f in dataclasses.fields(cls.Options)}
         declare_bounds(cls.Options, {key: b for key, b in OPTION_BOUNDS.items() if key in options})
         _REGISTRY[name] = cls
@@ -69,6 +71,33 @@ def register(name: str):
         return cls
 
     return wrap
+
+
+def _offers(cls: type[Mixer], form: str) -> bool:
+    """Whether ``cls`` implements ``form``: ``step`` (or its own ``forward_recurrent``), else ``forward_<form>``."""
+    if form == "recurrent":
+        return callable(getattr(cls, "step", None)) or cls.forward_recurrent is not Mixer.forward_recurrent
+    return callable(getattr(cls, f"forward_{form}", None))
+
+
+def check_forms(name: str, cls: type[Mixer]) -> None:
+    """Refuse a mixer whose declared ``forms`` and implemented methods disagree (a TypeError at registration).
+
+    :meth:`Mixer._run` calls ``forward_<form>`` for whatever form the policy picks among those declared, so a
+    declared form without its method would fail only when first picked, and a method for an undeclared form is
+    never run (nor tested by the equivalence harness).
+    """
+    unknown = [f for f in cls.forms if f not in FORMS]
+    if unknown or not cls.forms:
+        raise TypeError(f"mixer {name} declares forms {cls.forms!r}; each must be one of {', '.join(FORMS)}")
+    for form in FORMS:
+        method = "step" if form == "recurrent" else f"forward_{form}"
+        if form in cls.forms and not _offers(cls, form):
+            raise TypeError(f"mixer {name} declares the {form} form but defines no {method}; define it or drop "
+                            f"{form!r} from forms")
+        if form not in cls.forms and _offers(cls, form):
+            raise TypeError(f"mixer {name} defines {method} but does not declare the {form} form; add {form!r} "
+                            "to forms or remove the method")
 
 
 def mixer_names() -> list[str]:
