@@ -249,7 +249,8 @@ def test_values_on_the_bounds_are_accepted():
 def test_python_built_configs_and_options_are_checked_too():
     import math
 
-    from lamina.config import HMTConfig, ModelConfig, TrainConfig
+    from lamina.config import ModelConfig, TrainConfig
+    from lamina.models.hmt_options import HMTOptions
     from lamina.mixers import mixer_class
 
     with pytest.raises(LaminaError, match=r"^train\.lr must be a finite number > 0.*got nan"):
@@ -259,7 +260,7 @@ def test_python_built_configs_and_options_are_checked_too():
     with pytest.raises(LaminaError, match=r"^model\.d_model must be an integer >= 1, got 0"):
         ModelConfig(d_model=0)
     with pytest.raises(LaminaError, match=r"^model\.hmt\.sensory must be an integer >= 0"):
-        HMTConfig(sensory=-1)
+        HMTOptions(sensory=-1)
     attn = mixer_class("attn")
     with pytest.raises(LaminaError, match=r"^attn\.heads must be an integer >= 1, got 0; e\.g\. heads: 4"):
         attn(32, attn.Options(heads=0))  # not a ZeroDivisionError

@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from lamina.cli import main
-from lamina.config import HMTConfig, ModelConfig, load_config
+from lamina.config import ModelConfig, load_config
 from lamina.errors import LaminaError
 from lamina.eval import evaluate
 from lamina.mixers import detach_state
 from lamina.mixers.state import flatten_state, unflatten_state
 from lamina.models import LM
+from lamina.models.hmt_options import HMTOptions
 from lamina.train import load_model
 from mixer_harness import assert_fp32_close, float64_copy, float64_state, rel_err
 from train_harness import check_greedy_decoding_is_teacher_forcing, check_resume_is_bit_exact
@@ -33,7 +34,7 @@ def one_thread():
 def hmt(layers=("hgrn", "attn"), mem_len=256, segment=L, sensory=K, cache=N, summary_len=None, d=32):
     torch.manual_seed(0)
     cfg = ModelConfig(d_model=d, layers=list(layers), mixers={"attn": {"heads": 2, "mem_len": mem_len}},
-                      hmt=HMTConfig(segment=segment, sensory=sensory, cache=cache, summary_len=summary_len))
+                      hmt=HMTOptions(segment=segment, sensory=sensory, cache=cache, summary_len=summary_len))
     return LM(cfg, 257).eval()
 
 
@@ -247,7 +248,7 @@ def test_sensory_memory_learns_to_copy_the_previous_segment():
     """Segment 2 repeats segment 1 (random tokens): within segment 2 alone its next token is chance."""
     torch.manual_seed(0)
     cfg = ModelConfig(d_model=32, layers=["attn", "attn"], mixers={"attn": {"heads": 2}},
-                      hmt=HMTConfig(segment=6, sensory=6, cache=1))
+                      hmt=HMTOptions(segment=6, sensory=6, cache=1))
     model = LM(cfg, 16)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     data = torch.Generator().manual_seed(1)
@@ -295,13 +296,13 @@ def test_bad_options():
     with pytest.raises(LaminaError, match="model.hmt.summary_len"):
         hmt(summary_len=L + 1)
     with pytest.raises(LaminaError, match="model.hmt.segment"):
-        LM(ModelConfig(d_model=32, layers=["hgrn"], hmt=HMTConfig()), 257)
+        LM(ModelConfig(d_model=32, layers=["hgrn"], hmt=HMTOptions()), 257)
     with pytest.raises(LaminaError, match="unknown key 'model.hmt.sensor'"):
         load_config("default", ["model.hmt.sensor=4"])
     with pytest.raises(LaminaError, match="model.hmt=null"):
         hmt()(torch.zeros(1, 4, dtype=torch.long), valid=torch.ones(1, 4, dtype=torch.bool))
     cfg = load_config("default", ["model.hmt={}", "train.seq_len=64"])
-    assert cfg.model.hmt == HMTConfig(segment=64, sensory=8, cache=32, summary_len=None)
+    assert cfg.model.hmt == HMTOptions(segment=64, sensory=8, cache=32, summary_len=None)
 
 
 HMT = ["model.hmt={sensory: 4, cache: 4}", "train.bptt_segments=2", "train.seq_len=16",

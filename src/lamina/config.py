@@ -156,65 +156,70 @@ def _example(where: str, name: str, default: Any) -> str:
 # --------------------------------------------------------------------------- the config sections
 
 
-@dataclass
-class HMTConfig:
-    """Hierarchical Memory Transformer options (He et al. 2024; see :mod:`lamina.models.hmt`)."""
+class ModelSection:
+    """The options of a model family, the mapping at config key ``model.<key>`` (null: the family is off).
 
-    config_key: ClassVar[str] = "model.hmt"
-
-    segment: Optional[int] = bounded(None, ge=1, note="null: train.seq_len")  # tokens per segment
-    # sensory memory: the last tokens of the previous segment, read before each segment
-    sensory: int = bounded(8, ge=0, note="0: none")
-    # long-term memory: the last memory embeddings kept for recall (FIFO)
-    cache: int = bounded(32, ge=1)
-    # tokens summarised into the recall query
-    summary_len: Optional[int] = bounded(None, ge=1, note="null: half a segment")
-
-    def __post_init__(self):
-        check_values(self, self.config_key)
-
-
-@dataclass
-class HATConfig:
-    """Hierarchical Autoregressive Transformer options (Neitemeier et al. 2025; see :mod:`lamina.models.hat`).
-
-    The backbone over words is ``model.layers`` at ``model.d_model``; the byte
-    encoder and decoder are layer schedules of their own at ``d_byte``, with
-    ``model.mixers`` as their defaults too.
+    A family declares its options beside its code (``lamina.models.hmt_options`` and the like) as a dataclass
+    subclass registered with :func:`register_section`; its numeric fields state their bounds with
+    :func:`bounded`, :meth:`check` checks what relates several options, and :meth:`complete` what depends
+    on the rest of the config. ``conflicts`` names the other ``model`` keys it cannot be used with, and why.
     """
 
-    config_key: ClassVar[str] = "model.hat"
+    key: ClassVar[str]  # the key under model
+    conflicts: ClassVar[dict[str, str]] = {}  # other model key -> why both cannot be set
+    tokenizer: ClassVar[Optional[str]] = None  # the tokenizer the family needs, if any
+    layer_schedules: ClassVar[tuple[tuple[str, Optional[str]], ...]] = ()  # (layers field, its mixers field)
 
-    d_byte: int = bounded(128, ge=1)  # width of the byte encoder and decoder
-    encoder_layers: Any = field(default_factory=lambda: ["attn"])
-    decoder_layers: Any = field(default_factory=lambda: ["attn"])
-    max_word_len: int = bounded(16, ge=1)  # longer runs are cut into words of this many bytes (lamina.data.words)
+    @property
+    def config_key(self) -> str:
+        return f"model.{self.key}"
 
     def __post_init__(self):
         check_values(self, self.config_key)
+        self.check()
+
+    def check(self) -> None:
+        """Refuse values that are each within bounds but disagree with each other (a :class:`LaminaError`)."""
+
+    def complete(self, config: Config) -> None:
+        """Fill what defaults to another part of ``config`` and check against it, once the whole config is built."""
+        if self.tokenizer is not None and config.data.tokenizer not in (None, self.tokenizer):
+            raise LaminaError(f"{self.config_key} needs data.tokenizer={self.tokenizer} "
+                              "(or null on a corpus whose own tokenizer it is)")
 
 
-@dataclass
-class MegabyteConfig:
-    """MEGABYTE options (Yu et al. 2023; see :mod:`lamina.models.megabyte`): the local model within each patch.
+_SECTIONS: dict[str, type[ModelSection]] = {}
 
-    The global model over patches is the model's own schedule (``layers``, ``mixers``, ``d_model``).
+
+def register_section(cls: type[ModelSection]) -> type[ModelSection]:
+    """Class decorator: ``cls`` holds the options at ``model.<cls.key>`` (a :class:`ModelSection` dataclass)."""
+    if not dataclasses.is_dataclass(cls) or not issubclass(cls, ModelSection):
+        raise TypeError(f"{cls.__name__} must be a dataclass subclass of ModelSection")
+    _SECTIONS[cls.key] = cls
+    return cls
+
+
+def section_class(key: str) -> type[ModelSection]:
+    """The options class of ``model.<key>``.
+
+    The classes live with their models, a tier above this module, and register themselves when
+    :mod:`lamina.models` is imported; it is imported here when a config first needs one rather than when this
+    module loads, so that ``import lamina.config`` stays light and free of cycles.
     """
-
-    config_key: ClassVar[str] = "model.megabyte"
-
-    patch: int = bounded(8, ge=2)  # P: bytes per patch
-    local_d_model: int = bounded(128, ge=1)  # width of the local model (and of each byte's embedding)
-    local_layers: Any = field(default_factory=lambda: ["attn"])  # the local model's layer schedule
-    local_mixers: dict = field(default_factory=dict)  # default options per mixer name in the local model
-
-    def __post_init__(self):
-        check_values(self, self.config_key)
+    if key not in _SECTIONS:
+        import lamina.models  # noqa: F401  (registers every model family's options)
+    return _SECTIONS[key]
 
 
-def _section(value: Any, cls: type, key: str) -> Any:
+def section() -> Any:
+    """A field of :class:`ModelConfig` holding a model family's options (:func:`section_class` of its name)."""
+    return field(default=None, metadata={"section": True})
+
+
+def _section(value: Any, key: str) -> Any:
     """An optional config section given as a mapping in Python (YAML goes through :func:`from_dict`)."""
     if isinstance(value, dict):
+        cls = section_class(key)
         unknown = sorted(set(value) - {f.name for f in fields(cls)})
         if unknown:
             raise LaminaError(f"model.{key} has unknown keys {unknown}; known: {[f.name for f in fields(cls)]}")
@@ -245,33 +250,31 @@ class ModelConfig:
     # Recurrent Memory Transformer: memory tokens read and written per segment
     memory_tokens: int = bounded(0, ge=0, note="0: off")
     memory_segment: Optional[int] = bounded(None, ge=1, note="null: train.seq_len")  # tokens per memory segment
-    # Hierarchical Memory Transformer: a mapping of HMTConfig's keys ({} for the defaults); null: off
-    hmt: Optional[HMTConfig] = None
-    # Hierarchical Autoregressive Transformer: a mapping of HATConfig's keys ({} for the defaults); null: off
-    hat: Optional[HATConfig] = None
-    # MEGABYTE: the layers above are the global model over patches of bytes, this the local one; null: off
-    megabyte: Optional[MegabyteConfig] = None
+    # the model families' options (lamina.models.*_options), each a mapping of its keys ({} for the defaults);
+    # null: off. Hierarchical Memory Transformer:
+    hmt: Optional[ModelSection] = section()
+    # Hierarchical Autoregressive Transformer:
+    hat: Optional[ModelSection] = section()
+    # MEGABYTE: the layers above are the global model over patches of bytes, this the local one:
+    megabyte: Optional[ModelSection] = section()
 
     def __post_init__(self):
-        self.hmt = _section(self.hmt, HMTConfig, "hmt")  # built in Python rather than loaded from YAML
-        self.hat = _section(self.hat, HATConfig, "hat")
-        self.megabyte = _section(self.megabyte, MegabyteConfig, "megabyte")
+        for f in fields(self):
+            if f.metadata.get("section"):
+                setattr(self, f.name, _section(getattr(self, f.name), f.name))  # built in Python, not from YAML
         check_values(self, self.config_key)
-        if self.hat is not None and self.megabyte is not None:
-            raise LaminaError("model.hat and model.megabyte are two byte models and only one can be used; "
-                              "set model.hat=null or model.megabyte=null")
-        for key in ("hat", "megabyte"):
-            if getattr(self, key) is not None and (self.hmt is not None or self.memory_tokens):
-                raise LaminaError(
-                    f"model.{key} works on a byte stream of its own and takes no segment memory; "
-                    f"set model.hmt=null and model.memory_tokens=0, or model.{key}=null"
-                )
-        if self.hmt is not None and self.memory_tokens:
-            raise LaminaError(
-                "model.hmt and model.memory_tokens are two segment memories and only one can be used; "
-                "set model.memory_tokens=0 or model.hmt=null"
-            )
+        for key, options in self.sections():
+            for other, why in options.conflicts.items():
+                if getattr(self, other):
+                    off = "null" if getattr(ModelConfig, other, None) is None else getattr(ModelConfig, other)
+                    raise LaminaError(f"model.{key} and model.{other} {why}; set model.{other}={off} "
+                                      f"or model.{key}=null")
         self._check_schedules()
+
+    def sections(self) -> list[tuple[str, ModelSection]]:
+        """``(key, options)`` of every model family that is on."""
+        return [(f.name, getattr(self, f.name)) for f in fields(self)
+                if f.metadata.get("section") and getattr(self, f.name) is not None]
 
     def _check_schedules(self) -> None:
         """Parse every layer schedule, so that an unknown mixer or a bad option is refused with the config.
@@ -282,11 +285,10 @@ class ModelConfig:
         from lamina.models.schedule import parse_layers  # the mixer registry sits above the config
 
         parse_layers(self.layers, self.mixers)
-        if self.hat is not None:
-            parse_layers(self.hat.encoder_layers, self.mixers, "model.hat.encoder_layers")
-            parse_layers(self.hat.decoder_layers, self.mixers, "model.hat.decoder_layers")
-        if self.megabyte is not None:
-            parse_layers(self.megabyte.local_layers, self.megabyte.local_mixers, "model.megabyte.local_layers")
+        for key, options in self.sections():
+            for layers, mixers in options.layer_schedules:
+                defaults = self.mixers if mixers is None else getattr(options, mixers)
+                parse_layers(getattr(options, layers), defaults, f"model.{key}.{layers}")
 
 
 @dataclass
@@ -357,11 +359,8 @@ class Config:
     def __post_init__(self):
         if self.model.memory_tokens and self.model.memory_segment is None:
             self.model.memory_segment = self.train.seq_len  # memory segments are training segments
-        if self.model.hmt is not None and self.model.hmt.segment is None:
-            self.model.hmt.segment = self.train.seq_len
-        for key in ("hat", "megabyte"):
-            if getattr(self.model, key) is not None and self.data.tokenizer == "words":
-                raise LaminaError(f"model.{key} models bytes: it needs data.tokenizer=bytes (or null on a byte corpus)")
+        for _, options in self.model.sections():
+            options.complete(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -464,7 +463,12 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
         raise LaminaError(
             f"unknown key {_join(where, unknown[0])!r}; allowed keys in {where}: {', '.join(names)}"
         )
-    kwargs = {k: _coerce(v, hints[k], _join(where, k)) for k, v in data.items()}
+    sections = {f.name for f in dataclasses.fields(cls) if f.metadata.get("section")}
+    kwargs = {
+        k: (None if v is None else from_dict(section_class(k), v, _join(where, k))) if k in sections
+        else _coerce(v, hints[k], _join(where, k))
+        for k, v in data.items()
+    }
     obj = cls(**kwargs)
     check_values(obj, where)  # classes without a __post_init__ that checks (a mixer's Options) are checked here
     return obj

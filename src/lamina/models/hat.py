@@ -64,6 +64,7 @@ from lamina.config import ModelConfig
 from lamina.data.tokenizers import require_bytes
 from lamina.data.words import word_starts
 from lamina.mixers import KVMemoryMixer
+from lamina.models.hat_options import HATOptions
 from lamina.models.lm import SequenceModel, Stack, init_linear, init_residual, memory_layers
 
 
@@ -83,7 +84,7 @@ class HAT(SequenceModel):
     def __init__(self, config: ModelConfig, vocab_size: int):
         super().__init__()
         require_bytes(vocab_size, "hat")
-        hat = config.hat
+        hat: HATOptions = config.hat
         self.config = config
         self.vocab_size = vocab_size
         self.max_word_len = hat.max_word_len

@@ -69,8 +69,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lamina.config import HMTConfig
 from lamina.errors import LaminaError
+from lamina.models.hmt_options import HMTOptions
 from lamina.models.segments import SegmentMemory
 from lamina.ops import kv_memory
 
@@ -91,18 +91,12 @@ class HierarchicalMemory(SegmentMemory):
     name = "HMT"
     off = "model.hmt=null"
 
-    def __init__(self, config: HMTConfig, d_model: int):
+    def __init__(self, config: HMTOptions, d_model: int):
         L = config.segment
-        if L is None or L < 1:
-            raise LaminaError(f"model.hmt.segment must be a positive integer (null: train.seq_len), got {L}")
+        if L is None:  # HMTOptions.complete sets it from train.seq_len in a whole Config
+            raise LaminaError("model.hmt.segment must be a positive integer when the model is built alone, got null")
         self.sensory = config.sensory
         self.summary_len = config.summary_len or max(1, L // 2)
-        for key, value in (("sensory", self.sensory), ("summary_len", self.summary_len)):
-            if value > L:
-                raise LaminaError(
-                    f"model.hmt.{key} = {value} is longer than a segment (model.hmt.segment = {L}); "
-                    f"it counts tokens of the previous segment, so give at most {L}"
-                )
         super().__init__(L)
         self.cache = config.cache
         self.d_model = d_model

@@ -50,11 +50,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lamina.config import MegabyteConfig, ModelConfig
+from lamina.config import ModelConfig
 from lamina.data.tokenizers import require_bytes
 from lamina.errors import LaminaError
 from lamina.mixers import KVMemoryMixer
 from lamina.models.lm import SequenceModel, Stack, init_linear, init_residual, memory_layers
+from lamina.models.megabyte_options import MegabyteOptions
 
 
 class MegabyteState(NamedTuple):
@@ -72,7 +73,7 @@ class Megabyte(SequenceModel):
 
     def __init__(self, config: ModelConfig, vocab_size: int):
         super().__init__()
-        mb: MegabyteConfig = config.megabyte
+        mb: MegabyteOptions = config.megabyte
         if mb is None:
             raise LaminaError("Megabyte needs model.megabyte (a mapping of its options, {} for the defaults)")
         require_bytes(vocab_size, "megabyte")

@@ -18,7 +18,7 @@ from typing import Any
 
 from lamina.config import from_dict
 from lamina.errors import LaminaError
-from lamina.mixers import mixer_class
+from lamina.mixers import mixer_class, mixer_names
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,18 @@ def _entries(layers: Any, where: str) -> list:
     return list(layers)
 
 
+def named_mixer(name: Any, where: str) -> type:
+    """The mixer class registered as ``name``, found at config key ``where``; else an error naming the key."""
+    if not isinstance(name, str) or name not in mixer_names():
+        raise LaminaError(f"{where}: unknown mixer {name!r}; available mixers: {', '.join(mixer_names())}")
+    return mixer_class(name)
+
+
 def parse_layers(layers: Any, defaults: dict | None = None, where: str = "model.layers") -> list[LayerSpec]:
     """Expand and validate a layer schedule (the config key ``where``) into one :class:`LayerSpec` per layer."""
     defaults = defaults or {}
     for name, options in defaults.items():  # model.mixers is checked even for mixers no layer uses
-        from_dict(mixer_class(name).Options, options, f"model.mixers.{name}")
+        from_dict(named_mixer(name, f"model.mixers.{name}").Options, options, f"model.mixers.{name}")
     specs = []
     for i, entry in enumerate(_entries(layers, where)):
         if isinstance(entry, str):
@@ -60,7 +67,7 @@ def parse_layers(layers: Any, defaults: dict | None = None, where: str = "model.
             options = options or {}
         else:
             raise LaminaError(f"{where}[{i}] must be a mixer name or {{name: {{options}}}}, got {entry!r}")
-        cls = mixer_class(name)
+        cls = named_mixer(name, f"{where}[{i}]")
         merged = {**(defaults.get(name) or {}), **options}
         specs.append(LayerSpec(name, from_dict(cls.Options, merged, f"{where}[{i}].{name}")))
     return specs
