@@ -47,6 +47,9 @@ class Mixer(nn.Module, abc.ABC):
     Options: ClassVar[type] = None  # a dataclass of the mixer's options
     # Parameters shared by every layer of this mixer in a model (name -> init(n_layers, d_model)).
     shared_parameters: ClassVar[dict[str, Callable[[int, int], torch.Tensor]]] = {}
+    # torch._dynamo.config settings that torch.compile needs to trace this mixer without a graph break
+    # (applied by lamina.models.compile_model)
+    dynamo_config: ClassVar[dict[str, object]] = {}
 
     def __init__(self, d_model: int, options, layer_idx: int = 0, n_layers: int = 1):
         super().__init__()

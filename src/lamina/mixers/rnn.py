@@ -86,6 +86,7 @@ class _LibraryRNN(Mixer):
     forms = ("recurrent", "chunk")
     module: ClassVar[type[nn.RNNBase]]
     state_type: ClassVar[type]  # a NamedTuple of [B, hidden] tensors, in the library's order
+    dynamo_config = {"allow_rnn": True}  # else torch.compile breaks the graph at every torch.nn.GRU/LSTM call
 
     def __init__(self, d_model: int, options: RNNOptions, layer_idx: int = 0, n_layers: int = 1):
         super().__init__(d_model, options, layer_idx, n_layers)

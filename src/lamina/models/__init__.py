@@ -3,6 +3,7 @@
 from torch import nn
 
 from lamina.config import ModelConfig
+from lamina.models.compile import compile_model, trace_settings
 from lamina.models.hat import HAT
 from lamina.models.lm import LM
 from lamina.models.megabyte import Megabyte
@@ -19,4 +20,4 @@ def build_model(config: ModelConfig, vocab_size: int) -> nn.Module:
     return LM(config, vocab_size)
 
 
-__all__ = ["HAT", "LM", "LayerSpec", "Megabyte", "build_model", "parse_layers"]
+__all__ = ["HAT", "LM", "LayerSpec", "Megabyte", "build_model", "compile_model", "parse_layers", "trace_settings"]

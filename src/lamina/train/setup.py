@@ -18,7 +18,7 @@ from lamina.config import Config
 from lamina.data import RandomWindows, StreamBatcher, build_tokenizer, encode_split, load_corpus, metric_unit, tokenizer_from_dict
 from lamina.errors import LaminaError
 from lamina.mixers.state import flatten_state, restore_state
-from lamina.models import build_model
+from lamina.models import build_model, compile_model
 from lamina.train.budget import check_fits, config_vocab_size
 from lamina.train.checkpoint import Checkpoint, save_checkpoint
 from lamina.train.step import Stepper
@@ -70,7 +70,7 @@ def setup(cfg: Config, ckpt: Checkpoint | None, run_dir: Path, device: torch.dev
     torch.manual_seed(t.seed)
     random.seed(t.seed)
     model = build_model(cfg.model, cfg.model.vocab_size or tokenizer.vocab_size).to(device)
-    stepper = Stepper(model, t, device, forward=torch.compile(model) if t.compile else model)
+    stepper = Stepper(model, t, device, forward=compile_model(model) if t.compile else model)
     run = TrainRun(cfg, run_dir, device, tokenizer, unit, batcher, valid_tokens, model, stepper)
     if ckpt:
         model.load_state_dict(ckpt.model_state)
