@@ -164,14 +164,16 @@ class HAT(SequenceModel):
         B, T = ended.shape
         done = ended.cumsum(dim=1)  # words ended up to and including byte t
         count = done[:, -1]
-        n = int(count.max())
+        # The one read back to the host in a HAT call (a graph break under torch.compile): the backbone's length
+        # is the most words any row ended, which only the bytes decide, and it runs without padding masks when
+        # every row ended as many (with them, lamina.mixers.base.run_masked reads where the padding starts).
+        n, fewest = torch.stack([count.max(), count.min()]).tolist()
         table = newest_h.to(before.dtype)[:, None]
         if n:
-            rows = torch.arange(B, device=ended.device)[:, None].expand(B, T)
-            words = before.new_zeros(B, n, before.shape[-1])
-            words[rows[ended], done[ended] - 1] = before[ended]
+            slot = torch.where(ended, done - 1, n)  # the word a byte ends, or n (a spare slot, dropped) if none
+            words = before.new_zeros(B, n + 1, before.shape[-1]).scatter(1, slot[..., None].expand_as(before), before)
             valid = torch.arange(n, device=ended.device) < count[:, None]
-            h, state = self.backbone(self.down(words), state, {} if bool(valid.all()) else {"valid": valid})
+            h, state = self.backbone(self.down(words[:, :n]), state, {} if fewest == n else {"valid": valid})
             table = torch.cat([table.to(h.dtype), h], dim=1)
         context = table.gather(1, done[..., None].expand(B, T, table.shape[-1]))
         newest = table[torch.arange(B, device=ended.device), count]

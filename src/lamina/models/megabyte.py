@@ -139,8 +139,10 @@ class Megabyte(SequenceModel):
         read, partial, current = state.read, state.partial, state.current
         if T == 0:
             return self._logits(current[:, :0]), state
-        n, P = int(read[0]), self.patch
-        if not bool((read == n).all()):
+        # The one read back to the host in a MEGABYTE call (a graph break under torch.compile): the stream
+        # position decides the call's shapes (the patch it continues, the padding patch at the stream start).
+        (n, ragged), P = torch.stack([read[0], (read != read[0]).any()]).tolist(), self.patch
+        if ragged:
             raise LaminaError("the rows of a MEGABYTE state have read different numbers of bytes; read them in step")
         first = 0 if n == 0 else n + 1  # local positions s = n + 1 .. n + T (and s = 0 first, at the stream start)
         offset = first % P

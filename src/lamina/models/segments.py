@@ -73,7 +73,11 @@ class SegmentMemory(nn.Module, abc.ABC):
 
     @staticmethod
     def position(state: State) -> int:
-        """Tokens of the current segment read so far (shared by every row)."""
+        """Tokens of the current segment read so far (shared by every row).
+
+        A read back to the host, and so a graph break under ``torch.compile``: it decides where a call is cut
+        into segments (:meth:`plan`), that is, the shapes of the pieces the model runs.
+        """
         return int(state.filled[0]) if state.filled.numel() else 0
 
     def plan(self, position: int, length: int) -> list[tuple[int, int, bool, bool]]:
