@@ -12,6 +12,11 @@ A numeric field states its bounds where it is declared (:func:`bounded`), and
 one routine (:func:`check_values`) checks every dataclass against them, the
 mixers' ``Options`` included (:mod:`lamina.mixers.base` declares theirs). A
 float field never takes NaN or an infinity.
+
+The model families' own sections (``model.hmt``, ``model.hat``,
+``model.megabyte``) are declared beside their models as :class:`ModelSection`
+dataclasses, with their checks and exclusions; this module finds them by key
+(:func:`section_class`) when a config is built.
 """
 
 from __future__ import annotations
