@@ -166,7 +166,7 @@ class HAT(SequenceModel):
         count = done[:, -1]
         # The one read back to the host in a HAT call (a graph break under torch.compile): the backbone's length
         # is the most words any row ended, which only the bytes decide, and it runs without padding masks when
-        # every row ended as many (with them, lamina.mixers.base.run_masked reads where the padding starts).
+        # every row ended as many (with them, lamina.mixers.masks.run_masked reads where the padding starts).
         n, fewest = torch.stack([count.max(), count.min()]).tolist()
         table = newest_h.to(before.dtype)[:, None]
         if n:
