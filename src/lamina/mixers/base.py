@@ -101,6 +101,16 @@ class Mixer(nn.Module, abc.ABC):
         """Floats of state per sequence (what a recurrent model carries between tokens)."""
         return sum(t[0].numel() for t in state_tensors(self.init_state(1, torch.device("meta"))))
 
+    # --- initialisation -------------------------------------------------------------
+    def residual_projections(self) -> list[nn.Linear]:
+        """The linear layers that write into the residual stream, whose init the model scales with depth:
+        the ``out`` projection by default."""
+        out = self._modules.get("out")
+        return [out] if isinstance(out, nn.Linear) else []
+
+    def reset_parameters(self) -> None:
+        """The mixer's own init, run after the model's generic one (none by default)."""
+
     # --- forms --------------------------------------------------------------------
     # A mixer offering "recurrent" defines ``step(x_t [B, d_model], state) -> (y_t, state)``.
     def forward_recurrent(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:

@@ -101,11 +101,9 @@ def init_residual(blocks: nn.ModuleList) -> None:
     residual_std = 0.02 / math.sqrt(2 * len(blocks))
     for block in blocks:
         nn.init.normal_(block.mlp.down.weight, mean=0.0, std=residual_std)
-        out = getattr(block.mixer, "out", None)
-        if isinstance(out, nn.Linear):
-            nn.init.normal_(out.weight, mean=0.0, std=residual_std)
-        if hasattr(block.mixer, "reset_parameters"):
-            block.mixer.reset_parameters()
+        for projection in block.mixer.residual_projections():
+            nn.init.normal_(projection.weight, mean=0.0, std=residual_std)
+        block.mixer.reset_parameters()
 
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, state: list, masks: dict) -> tuple[torch.Tensor, list]:
