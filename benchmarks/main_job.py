@@ -59,6 +59,7 @@ def worker(args) -> None:
     """Time the pieces of the main job with the ``lamina`` on ``sys.path``; print one JSON line."""
     import torch
     import torch.nn.functional as F
+    from torch.utils._pytree import tree_map_only
 
     from lamina.config import load_config
     from lamina.data import StreamBatcher, build_tokenizer, encode_split, load_corpus
@@ -98,7 +99,7 @@ def worker(args) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        state = [tuple(s.detach() for s in layer) for layer in state]
+        state = tree_map_only(torch.Tensor, torch.Tensor.detach, state)  # named or positional states alike
         marks.append({k: c() for k, c in clocks.items()})
         if i >= args.warmup:
             steps.append({k: [b[k] - a[k] for a, b in zip(marks, marks[1:])] for k in clocks})
