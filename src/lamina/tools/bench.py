@@ -47,6 +47,7 @@ import torch
 
 from lamina.config import Config, load_config
 from lamina.errors import LaminaError
+from lamina.mixers.state import state_tensors
 from lamina.models import build_model
 from lamina.models.lm import memory_lengths
 from lamina.plotting import pyplot
@@ -147,11 +148,7 @@ def describe_archs(names: list[str], overrides, settings: Settings) -> dict[str,
 
 def state_bytes(state) -> int:
     """Bytes held by a (nested) state of tensors."""
-    if state is None:
-        return 0
-    if isinstance(state, torch.Tensor):
-        return state.numel() * state.element_size()
-    return sum(state_bytes(s) for s in state)
+    return sum(t.numel() * t.element_size() for t in state_tensors(state))
 
 
 @contextlib.contextmanager
