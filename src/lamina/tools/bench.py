@@ -283,9 +283,12 @@ def run_item(item: Item, settings: Settings) -> dict:
             worker.kill()
         worker.join()
         receive.close()
+    seconds = time.perf_counter() - start
     if outcome["status"] == "ok" and cap is not None and outcome["peak_bytes"] > cap:
         outcome = {"status": "OOM", "reason": f"peak {outcome['peak_bytes'] / 2**20:,.0f} MiB over --max-memory"}
-    outcome["seconds"] = round(time.perf_counter() - start, 3)
+    elif outcome["status"] == "ok" and seconds > settings.max_seconds:  # finished between two polls, yet over
+        outcome = {"status": f"skipped (over --max-seconds {settings.max_seconds:g})", "reason": ""}
+    outcome["seconds"] = round(seconds, 3)
     return outcome
 
 
